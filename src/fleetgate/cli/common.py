@@ -1,0 +1,25 @@
+"""Helpers shared by the command modules: loading a fleet and reporting its problems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fleetgate.cli.app import err_console
+from fleetgate.spec import FleetError, LoadedFleet, Problem, load_fleet
+
+
+def print_problems(problems: list[Problem], file: str | None) -> None:
+    for p in problems:
+        style = "red" if p.level == "error" else "yellow"
+        err_console.print(f"[{style}]{p.level}[/]: {p.format(file)}", highlight=False)
+
+
+def load_or_exit(path: Path, *, strict_env: bool = True) -> LoadedFleet:
+    """Load a fleet file or print every problem and exit 1."""
+    try:
+        return load_fleet(path, strict_env=strict_env)
+    except FleetError as exc:
+        print_problems(exc.problems, exc.file)
+        raise typer.Exit(1) from None

@@ -1,0 +1,172 @@
+"""``fleetgate plan``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fleetgate.cli.app import app, console, err_console
+from fleetgate.cli.common import load_or_exit
+from fleetgate.models import UnknownModelError, load_model_info
+from fleetgate.plan import DeploymentPlan, PlanInput, memory_bar, plan_deployment, plan_input
+from fleetgate.spec import FleetError, check_fleet, lookup_gpu
+
+
+class KvDtype(str, Enum):
+    auto = "auto"
+    fp8 = "fp8"
+    fp8_e4m3 = "fp8_e4m3"
+    fp8_e5m2 = "fp8_e5m2"
+
+
+class Quant(str, Enum):
+    none = "none"
+    awq = "awq"
+    gptq = "gptq"
+    int8 = "int8"
+    fp8 = "fp8"
+    bitsandbytes = "bitsandbytes"
+
+
+def plan_to_dict(plan: DeploymentPlan) -> dict:
+    data = dataclasses.asdict(plan)
+    data["headroom_gib"] = round(plan.headroom_gib, 3)
+    return data
+
+
+@app.command()
+def plan(
+    fleet: Path | None = typer.Argument(None, help="plan every deployment of this fleet file"),
+    model: str | None = typer.Option(None, help="plan one ad-hoc deployment of this HF model id"),
+    config: Path | None = typer.Option(None, help="the model's config.json (unknown models)"),
+    gpu: str | None = typer.Option(None, help="GPU catalog name, e.g. 'RTX 3090'"),
+    gpu_memory: float | None = typer.Option(
+        None, help="total GPU memory in GiB (instead of --gpu)"
+    ),
+    gpu_memory_utilization: float = typer.Option(0.9, min=0.01, max=1.0),
+    max_model_len: int | None = typer.Option(None, min=16, help="default: the model's own"),
+    max_num_seqs: int | None = typer.Option(None, min=1, help="default: vLLM's (256)"),
+    max_num_batched_tokens: int | None = typer.Option(None, min=16),
+    kv_cache_dtype: KvDtype = typer.Option(KvDtype.auto),
+    quantization: Quant | None = typer.Option(None, help="default: detected from the model id"),
+    tensor_parallel_size: int = typer.Option(1, min=1),
+    enforce_eager: bool = typer.Option(False, help="no CUDA graphs"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Will it fit? Weights, activation, overhead and KV cache per GPU, as vLLM accounts them.
+
+    Give a FLEET file to plan each deployment, or --model with --gpu/--gpu-memory for one
+    ad-hoc deployment (vLLM's defaults for what is not given). Exit 1 if anything does not fit.
+    """
+    if (fleet is None) == (model is None):
+        err_console.print("[red]error:[/] give a FLEET file or --model (not both)")
+        raise typer.Exit(2)
+    plans: list[DeploymentPlan] = []
+    try:
+        if fleet is not None:
+            loaded = load_or_exit(fleet, strict_env=False)
+            errors = [p for p in check_fleet(loaded.fleet) if p.level == "error"]
+            if errors:
+                raise FleetError(str(fleet), errors)
+            plans = [plan_deployment(plan_input(loaded.fleet, n)) for n in loaded.fleet.deployments]
+        else:
+            assert model is not None
+            if (gpu is None) == (gpu_memory is None):
+                err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
+                raise typer.Exit(2)
+            gpu_name, memory = (
+                (gpu, lookup_gpu(gpu).memory_gib)
+                if gpu
+                else (f"{gpu_memory:g} GiB", float(gpu_memory or 0))
+            )
+            info = load_model_info(model, config_path=config)
+            plans = [
+                plan_deployment(
+                    PlanInput(
+                        name=model,
+                        model=info,
+                        gpu_memory_gib=memory,
+                        gpu_name=gpu_name,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        max_model_len=max_model_len,
+                        max_num_seqs=max_num_seqs,
+                        max_num_batched_tokens=max_num_batched_tokens,
+                        kv_cache_dtype=kv_cache_dtype.value,
+                        quantization=quantization.value if quantization else None,
+                        tensor_parallel_size=tensor_parallel_size,
+                        enforce_eager=enforce_eager,
+                    )
+                )
+            ]
+    except (UnknownModelError, KeyError) as exc:
+        err_console.print(f"[red]error:[/] {exc.args[0]}")
+        raise typer.Exit(1) from None
+    except FleetError as exc:
+        for p in exc.problems:
+            err_console.print(f"[red]error:[/] {p.format(exc.file)}")
+        raise typer.Exit(1) from None
+
+    if as_json:
+        print(json.dumps([plan_to_dict(p) for p in plans], indent=2))
+    else:
+        for p in plans:
+            _print_plan(p)
+    if not all(p.fits for p in plans):
+        raise typer.Exit(1)
+
+
+def _print_plan(p: DeploymentPlan) -> None:
+    verdict = "[green]fits[/]" if p.fits else "[red]does NOT fit[/]"
+    console.rule(f"[bold]{p.name}[/] — {p.model} on {p.gpu} ({p.gpu_memory_gib:.2f} GiB) {verdict}")
+    console.print(memory_bar(p))
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        (
+            "budget",
+            f"{p.budget_gib:.2f} GiB = {p.gpu_memory_utilization} x {p.gpu_memory_gib:.2f}"
+            f" GiB (tp {p.tensor_parallel_size})",
+        ),
+        ("weights", f"{p.weights_gib:.2f} GiB ({p.quantization})"),
+        (
+            "activation",
+            f"{p.activation_gib:.2f} GiB (profile pass of "
+            f"{p.max_num_batched_tokens} tokens, {p.max_num_seqs} seqs)",
+        ),
+        ("overhead", f"{p.overhead_gib:.2f} GiB (non-torch memory, CUDA graphs)"),
+        (
+            "KV cache",
+            f"{p.available_kv_gib:.2f} GiB, {p.kv_bytes_per_token // 1024} KiB/token "
+            f"({p.kv_cache_dtype}) = {p.kv_cache_tokens:,} tokens",
+        ),
+        ("context", f"max_model_len {p.max_model_len}; largest that fits {p.max_model_len_fit}"),
+        (
+            "concurrency",
+            f"{p.max_concurrency:.2f}x requests of {p.max_model_len} tokens "
+            f"(max_num_seqs {p.max_num_seqs})",
+        ),
+    ]
+    if p.fp16_fallback:
+        fb = p.fp16_fallback
+        rows.append(
+            (
+                "fp16 fallback",
+                (
+                    f"kv_cache_dtype auto: {fb.kv_cache_tokens:,} tokens "
+                    f"({fb.kv_cache_tokens - p.kv_cache_tokens:+,}), largest context "
+                    f"{fb.max_model_len_fit}, {fb.max_concurrency:.2f}x requests of {p.max_model_len} "
+                    f"— {'still fits' if fb.fits else 'does NOT fit'}"
+                ),
+            )
+        )
+    for reason in p.reasons:
+        rows.append(("[red]why[/]", reason))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)

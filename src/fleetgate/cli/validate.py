@@ -1,0 +1,34 @@
+"""``fleetgate validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fleetgate.cli.app import app, console
+from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.plan import plan_problems
+from fleetgate.spec import check_fleet
+
+
+@app.command()
+def validate(
+    fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
+) -> None:
+    """Check a fleet file: schema, references, limits against vLLM settings, and memory fit.
+
+    Errors exit 1; warnings (fp8 KV cache on GPUs that lack it, a memory utilization a Windows
+    desktop will likely refuse) are printed and exit 0.
+    """
+    loaded = load_or_exit(fleet)
+    problems = check_fleet(loaded.fleet)
+    if not any(p.level == "error" for p in problems):
+        problems += plan_problems(loaded.fleet)
+    print_problems(problems, str(fleet))
+    errors = sum(p.level == "error" for p in problems)
+    warnings = len(problems) - errors
+    if errors:
+        console.print(f"[red]{fleet}: {errors} error(s), {warnings} warning(s)[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]{fleet}: valid[/] ({warnings} warning(s))")

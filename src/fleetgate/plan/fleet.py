@@ -1,0 +1,63 @@
+"""Planning the deployments of a fleet file."""
+
+from __future__ import annotations
+
+from fleetgate.models import UnknownModelError, load_model_info
+from fleetgate.plan.memory import DeploymentPlan, PlanInput, plan_deployment
+from fleetgate.spec import Fleet, Problem
+
+
+def plan_input(fleet: Fleet, name: str) -> PlanInput:
+    """The planner's view of one deployment (raises UnknownModelError for unknown models)."""
+    dep = fleet.deployments[name]
+    host = fleet.hosts[dep.host]
+    gpu = host.gpus[0].model
+    info = load_model_info(dep.model, model_dir=dep.model_path)
+    return PlanInput(
+        name=name,
+        model=info,
+        gpu_memory_gib=gpu.memory_gib,
+        gpu_name=gpu.name,
+        gpu_memory_utilization=dep.gpu_memory_utilization,
+        max_model_len=dep.max_model_len,
+        max_num_seqs=dep.max_num_seqs,
+        max_num_batched_tokens=dep.max_num_batched_tokens,
+        kv_cache_dtype=dep.kv_cache_dtype,
+        quantization=dep.quantization,
+        tensor_parallel_size=dep.tensor_parallel_size,
+        enforce_eager=dep.enforce_eager,
+    )
+
+
+def plan_fleet(fleet: Fleet) -> list[DeploymentPlan]:
+    """A plan for every deployment, in file order."""
+    return [plan_deployment(plan_input(fleet, name)) for name in fleet.deployments]
+
+
+def plan_problems(fleet: Fleet) -> list[Problem]:
+    """Deployments that will not start, as fleet-file problems with a suggestion each."""
+    problems = []
+    for name in fleet.deployments:
+        where = f"deployments.{name}"
+        try:
+            plan = plan_deployment(plan_input(fleet, name))
+        except UnknownModelError as exc:
+            problems.append(Problem(f"{where}.model", str(exc)))
+            continue
+        if plan.fits:
+            continue
+        fix = (
+            f"lower max_model_len to {plan.max_model_len_fit}"
+            if plan.max_model_len_fit
+            else ("use a smaller or quantized model")
+        )
+        if plan.kv_cache_dtype == "auto":
+            fix += ", or set kv_cache_dtype: fp8"
+        problems.append(
+            Problem(
+                f"{where}.max_model_len",
+                "does not fit: " + "; ".join(plan.reasons),
+                fix + ", or raise gpu_memory_utilization",
+            )
+        )
+    return problems

@@ -1,0 +1,198 @@
+"""Cross-field checks a schema cannot express: references, ports, limits against vLLM settings."""
+
+from __future__ import annotations
+
+from fleetgate.spec.gpus import FP8_KV_ARCHITECTURES
+from fleetgate.spec.load import Problem
+from fleetgate.spec.routes import resolve_alias, route_limits
+from fleetgate.spec.schema import Fleet
+
+# vLLM refuses to start when free memory is below total x util; a Windows desktop's display
+# and compositor usually hold 0.3-1.5 GiB, so leave at least this much outside vLLM's share.
+WINDOWS_DESKTOP_RESERVE_GIB = 1.0
+
+
+def check_fleet(fleet: Fleet) -> list[Problem]:
+    """Every cross-field error and warning, in file order. Errors have level ``error``."""
+    problems: list[Problem] = []
+    add = problems.append
+
+    for name, dep in fleet.deployments.items():
+        where = f"deployments.{name}"
+        host = fleet.hosts.get(dep.host)
+        if host is None:
+            add(
+                Problem(
+                    f"{where}.host",
+                    f"unknown host {dep.host!r}",
+                    f"add it under hosts: or use one of {sorted(fleet.hosts)}",
+                )
+            )
+            continue
+        if not host.gpus:
+            add(
+                Problem(
+                    f"hosts.{dep.host}.gpus",
+                    f"deployment {name!r} runs here but the host lists no GPU",
+                    "add gpus: [RTX 3090] (a catalog name) or [{memory_gib: 24, arch: ampere}]",
+                )
+            )
+        elif dep.tensor_parallel_size > len(host.gpus):
+            add(
+                Problem(
+                    f"{where}.tensor_parallel_size",
+                    f"{dep.tensor_parallel_size} GPUs asked, host {dep.host!r} has "
+                    f"{len(host.gpus)}",
+                    "lower tensor_parallel_size or list more GPUs",
+                )
+            )
+        if dep.kv_cache_dtype.startswith("fp8") and any(
+            g.arch not in FP8_KV_ARCHITECTURES for g in host.gpus
+        ):
+            arch = host.gpus[0].arch
+            add(
+                Problem(
+                    f"{where}.kv_cache_dtype",
+                    f"fp8 KV cache on {arch} GPUs is not supported by every attention "
+                    "backend and can be unstable",
+                    "if vLLM fails or output degrades, set kv_cache_dtype: auto "
+                    "(fleetgate plan shows what fp16 costs)",
+                    level="warning",
+                )
+            )
+        if host.os == "windows" and host.gpus:
+            total = host.gpus[0].memory_gib or 0
+            left = total * (1 - dep.gpu_memory_utilization)
+            if left < WINDOWS_DESKTOP_RESERVE_GIB:
+                add(
+                    Problem(
+                        f"{where}.gpu_memory_utilization",
+                        f"{dep.gpu_memory_utilization} leaves {left:.2f} GiB of "
+                        f"{total:.2f} GiB to a Windows desktop that usually holds "
+                        "0.3-1.5 GiB: vLLM's free-memory check will likely refuse to start",
+                        "close GPU apps on that box, or lower gpu_memory_utilization to "
+                        f"{(1 - WINDOWS_DESKTOP_RESERVE_GIB / total):.2f}",
+                        level="warning",
+                    )
+                )
+
+    seen: dict[tuple[str, int], str] = {}
+    for name, dep in fleet.deployments.items():
+        key = (dep.host, dep.port)
+        if key in seen:
+            add(
+                Problem(
+                    f"deployments.{name}.port",
+                    f"{dep.host}:{dep.port} is already used by deployment {seen[key]!r}",
+                    "give each deployment on a host its own port",
+                )
+            )
+        seen[key] = name
+
+    gw = fleet.gateway
+    if gw is None:
+        return problems
+    if gw.host not in fleet.hosts:
+        add(
+            Problem(
+                "gateway.host", f"unknown host {gw.host!r}", f"use one of {sorted(fleet.hosts)}"
+            )
+        )
+    if (gw.host, gw.port) in seen:
+        add(
+            Problem(
+                "gateway.port",
+                f"{gw.host}:{gw.port} is deployment {seen[(gw.host, gw.port)]!r}'s port",
+                "pick another gateway port",
+            )
+        )
+
+    names: dict[str, str] = {}
+    for route_name, route in gw.routes.items():
+        for public in (route_name, *route.profiles):
+            if public in names:
+                add(
+                    Problem(
+                        f"gateway.routes.{route_name}",
+                        f"name {public!r} is used twice",
+                        "route and profile names must be unique",
+                    )
+                )
+            names[public] = route_name
+        for dep_name in route.deployments:
+            if dep_name not in fleet.deployments:
+                add(
+                    Problem(
+                        f"gateway.routes.{route_name}.deployments",
+                        f"unknown deployment {dep_name!r}",
+                        f"use one of {sorted(fleet.deployments)}",
+                    )
+                )
+        if any(d not in fleet.deployments for d in route.deployments):
+            continue
+        for profile in (None, *route.profiles):
+            problems.extend(_check_limits(fleet, route_name, profile))
+
+    for alias, target in gw.aliases.items():
+        where = f"gateway.aliases.{alias}"
+        if alias in names:
+            add(Problem(where, f"alias {alias!r} shadows a route or profile", "rename it"))
+            continue
+        try:
+            final = resolve_alias(fleet, alias)
+        except ValueError as exc:
+            add(Problem(where, str(exc), "make the chain end at a route or profile"))
+            continue
+        if final not in names:
+            add(
+                Problem(
+                    where,
+                    f"alias points at {target!r}, which is no route, profile or alias",
+                    f"use one of {sorted(names)}",
+                )
+            )
+
+    if gw.api_keys:
+        for i, key in enumerate(gw.api_keys):
+            for r in key.routes:
+                if r != "*" and r not in names and r not in gw.aliases:
+                    add(
+                        Problem(
+                            f"gateway.api_keys.{i}.routes",
+                            f"unknown route {r!r}",
+                            f"use '*' or one of {sorted(names)}",
+                        )
+                    )
+    return problems
+
+
+def _check_limits(fleet: Fleet, route_name: str, profile: str | None) -> list[Problem]:
+    route = fleet.gateway.routes[route_name]  # type: ignore[union-attr]
+    where = f"gateway.routes.{route_name}" + (f".profiles.{profile}" if profile else "")
+    limits = route_limits(fleet, route_name, profile)
+    out = []
+    for dep_name in route.deployments:
+        dep = fleet.deployments[dep_name]
+        if dep.max_model_len and limits.max_input_tokens and limits.max_output_tokens:
+            total = limits.max_input_tokens + limits.max_output_tokens
+            if total > dep.max_model_len:
+                out.append(
+                    Problem(
+                        f"{where}.max_input_tokens",
+                        f"max_input_tokens {limits.max_input_tokens} + max_output_tokens "
+                        f"{limits.max_output_tokens} = {total} exceeds deployment {dep_name!r}'s "
+                        f"max_model_len {dep.max_model_len}",
+                        f"lower max_input_tokens to {dep.max_model_len - limits.max_output_tokens} "
+                        "or raise the deployment's max_model_len",
+                    )
+                )
+        if dep.max_num_seqs and limits.concurrency and limits.concurrency > dep.max_num_seqs:
+            out.append(
+                Problem(
+                    f"{where}.concurrency",
+                    f"concurrency {limits.concurrency} exceeds deployment {dep_name!r}'s "
+                    f"max_num_seqs {dep.max_num_seqs}: the excess would queue inside vLLM, unbounded",
+                    f"lower concurrency to {dep.max_num_seqs} or raise max_num_seqs",
+                )
+            )
+    return out

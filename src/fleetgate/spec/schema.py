@@ -1,0 +1,174 @@
+"""The fleet file's schema.
+
+Every other layer takes a validated :class:`Fleet`; nothing downstream re-reads YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fleetgate.spec.gpus import Architecture, GpuModel, lookup_gpu
+
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+Quantization = Literal["none", "awq", "gptq", "int8", "fp8", "bitsandbytes"]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gpu(_Strict):
+    """A GPU on a host: a catalog name, or explicit memory and architecture."""
+
+    name: str | None = None
+    memory_gib: Annotated[float, Field(gt=0)] | None = None
+    arch: Architecture | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Gpu:
+        if self.name is not None and (self.memory_gib is None or self.arch is None):
+            try:
+                known = lookup_gpu(self.name)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+            object.__setattr__(self, "memory_gib", self.memory_gib or known.memory_gib)
+            object.__setattr__(self, "arch", self.arch or known.arch)
+        if self.memory_gib is None or self.arch is None:
+            raise ValueError("a GPU needs a catalog name, or both memory_gib and arch")
+        return self
+
+    @property
+    def model(self) -> GpuModel:
+        assert self.memory_gib is not None and self.arch is not None
+        return GpuModel(
+            name=self.name or f"{self.memory_gib:g} GiB {self.arch}",
+            memory_gib=self.memory_gib,
+            arch=self.arch,
+        )
+
+
+class Ssh(_Strict):
+    user: str | None = None
+    port: Port = 22
+    identity_file: str | None = None
+
+
+class Host(_Strict):
+    """A machine: where it is, how to reach it, what GPUs it has."""
+
+    address: str = "127.0.0.1"
+    os: Literal["linux", "windows"] = "linux"
+    transport: Literal["local", "ssh"] = "ssh"
+    ssh: Ssh = Ssh()
+    workdir: str | None = Field(
+        default=None, description="where releases live on the host; default ~/fleetgate"
+    )
+    gpus: list[Gpu] = []
+
+
+class Deployment(_Strict):
+    """One vLLM server."""
+
+    host: Name
+    port: Port = 8000
+    model: str = Field(min_length=1, description="Hugging Face id")
+    model_path: str | None = Field(default=None, description="a local model directory")
+    quantization: Quantization | None = Field(
+        default=None, description="None: detected from the model id (AWQ, GPTQ, ...)"
+    )
+    served_model_name: Name | None = None
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    kv_cache_dtype: KvCacheDtype = "auto"
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    enforce_eager: bool = False
+    max_num_batched_tokens: Annotated[int, Field(ge=16)] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+    image: str = "vllm/vllm-openai:v0.32.0"
+    runtime: Literal["docker", "process"] = "docker"
+    hf_cache: str | None = Field(default=None, description="default ~/.cache/huggingface")
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if ":" not in value.rsplit("/", 1)[-1] or value.endswith(":latest"):
+            raise ValueError(f"pin the image tag (e.g. vllm/vllm-openai:v0.32.0), not {value!r}")
+        return value
+
+    def public_name(self, key: str) -> str:
+        return self.served_model_name or key
+
+
+class Limits(_Strict):
+    """What a route (or a profile of it) allows."""
+
+    max_input_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+    queue_depth: Annotated[int, Field(ge=0)] | None = None
+    queue_wait_s: Annotated[float, Field(gt=0)] | None = None
+    clamp_max_tokens: bool | None = None
+
+
+class Route(Limits):
+    """A public model name pointing at one or more deployments."""
+
+    deployments: list[Name] = Field(min_length=1)
+    profiles: dict[Name, Limits] = {}
+
+
+class ApiKey(_Strict):
+    name: Name
+    key: str = Field(min_length=8, repr=False)
+    routes: list[str] = ["*"]
+
+    def allows(self, route: str) -> bool:
+        return "*" in self.routes or route in self.routes
+
+
+class HealthCheck(_Strict):
+    interval_s: Annotated[float, Field(gt=0)] = 5.0
+    timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    unhealthy_after: Annotated[int, Field(ge=1)] = 2
+
+
+class Gateway(_Strict):
+    """The OpenAI-compatible gateway in front of the deployments."""
+
+    host: Name = Field(description="the host (from hosts:) that runs the gateway")
+    listen: str = "0.0.0.0"
+    port: Port = 4000
+    api_keys: list[ApiKey] = []
+    admin_key: str | None = Field(default=None, repr=False)
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    health: HealthCheck = HealthCheck()
+    redis_url: str | None = Field(default=None, description="share RPM/TPM between replicas")
+    defaults: Limits = Limits(queue_depth=16, queue_wait_s=30.0, clamp_max_tokens=False)
+    routes: dict[Name, Route] = {}
+    aliases: dict[Name, Name] = {}
+
+
+class Fleet(_Strict):
+    """The whole fleet: hosts, the vLLM deployments on them, and the gateway."""
+
+    version: Literal[1] = 1
+    name: str = "fleet"
+    hosts: dict[Name, Host]
+    deployments: dict[Name, Deployment] = {}
+    gateway: Gateway | None = None
