@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -17,14 +17,14 @@ from fleetgate.plan import DeploymentPlan, PlanInput, memory_bar, plan_deploymen
 from fleetgate.spec import FleetError, check_fleet, lookup_gpu
 
 
-class KvDtype(str, Enum):
+class KvDtype(StrEnum):
     auto = "auto"
     fp8 = "fp8"
     fp8_e4m3 = "fp8_e4m3"
     fp8_e5m2 = "fp8_e5m2"
 
 
-class Quant(str, Enum):
+class Quant(StrEnum):
     none = "none"
     awq = "awq"
     gptq = "gptq"
@@ -160,7 +160,8 @@ def _print_plan(p: DeploymentPlan) -> None:
                 (
                     f"kv_cache_dtype auto: {fb.kv_cache_tokens:,} tokens "
                     f"({fb.kv_cache_tokens - p.kv_cache_tokens:+,}), largest context "
-                    f"{fb.max_model_len_fit}, {fb.max_concurrency:.2f}x requests of {p.max_model_len} "
+                    f"{fb.max_model_len_fit}, {fb.max_concurrency:.2f}x requests of "
+                    f"{p.max_model_len} "
                     f"— {'still fits' if fb.fits else 'does NOT fit'}"
                 ),
             )

@@ -116,28 +116,8 @@ CATALOG: dict[str, dict[str, Any]] = {
 
 # Name parts that mark a variant (quantized, instruct, chat) of the same architecture.
 _VARIANT_PARTS = frozenset(
-    [
-        "awq",
-        "gptq",
-        "int4",
-        "int8",
-        "w4a16",
-        "w8a8",
-        "fp8",
-        "bnb",
-        "4bit",
-        "8bit",
-        "gguf",
-        "marlin",
-        "dynamic",
-        "hf",
-        "instruct",
-        "chat",
-        "it",
-        "base",
-        "2407",
-        "2411",
-    ]
+    "awq gptq int4 int8 w4a16 w8a8 fp8 bnb 4bit 8bit gguf marlin dynamic hf instruct chat it "
+    "base 2407 2411".split()
 )
 
 

@@ -33,7 +33,7 @@ def memory_bar(plan: DeploymentPlan, width: int = 60) -> Text:
         bar.append(char * n, style=style)
     bar.append("]")
     legend = Text()
-    for (label, attr, style, char), v in zip(SEGMENTS, values, strict=True):
+    for (label, attr, style, char), _v in zip(SEGMENTS, values, strict=True):
         shown = getattr(plan, attr)
         legend.append(f" {char} ", style=style)
         legend.append(f"{label} {shown:.2f}")

@@ -155,7 +155,7 @@ def activation_bytes(arch: ModelArch, tokens: int, seqs: int, tp: int = 1) -> in
 def cuda_graph_bytes(max_num_seqs: int, max_num_batched_tokens: int) -> int:
     """vLLM's CUDA-graph estimate: one graph per capture size up to min(2 x seqs, 512)."""
     largest = min(2 * max_num_seqs, 512, max_num_batched_tokens)
-    sizes = [1, 2, 4] + list(range(8, 256 + 1, 8)) + list(range(272, 512 + 1, 16))
+    sizes = [1, 2, 4, *list(range(8, 256 + 1, 8)), *list(range(272, 512 + 1, 16))]
     count = sum(1 for s in sizes if s <= largest)
     return int((CUDA_GRAPH_BASE_GIB + CUDA_GRAPH_PER_SIZE_GIB * count) * GIB)
 

@@ -191,7 +191,8 @@ def _check_limits(fleet: Fleet, route_name: str, profile: str | None) -> list[Pr
                 Problem(
                     f"{where}.concurrency",
                     f"concurrency {limits.concurrency} exceeds deployment {dep_name!r}'s "
-                    f"max_num_seqs {dep.max_num_seqs}: the excess would queue inside vLLM, unbounded",
+                    f"max_num_seqs {dep.max_num_seqs}: the excess would queue inside vLLM, "
+                    "unbounded",
                     f"lower concurrency to {dep.max_num_seqs} or raise max_num_seqs",
                 )
             )
