@@ -52,19 +52,23 @@ class LoadedFleet:
     raw: dict[str, Any]
 
 
-def interpolate(value: Any, env: Mapping[str, str], *, strict: bool, path: str = "") -> Any:
+def interpolate(
+    value: Any, env: Mapping[str, str], *, strict: bool, path: tuple[str, ...] = ()
+) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree.
 
-    With ``strict`` an unset variable without default raises KeyError naming it and where it is;
-    otherwise the reference is left as written (for commands that never use secrets).
+    With ``strict`` an unset variable without default raises KeyError with ``(path, name)``
+    (``path`` a tuple of keys, since names may hold dots); otherwise the reference is left as
+    written (for commands that never use secrets).
     """
     if isinstance(value, dict):
         return {
-            k: interpolate(v, env, strict=strict, path=f"{path}.{k}" if path else str(k))
-            for k, v in value.items()
+            k: interpolate(v, env, strict=strict, path=(*path, str(k))) for k, v in value.items()
         }
     if isinstance(value, list):
-        return [interpolate(v, env, strict=strict, path=f"{path}.{i}") for i, v in enumerate(value)]
+        return [
+            interpolate(v, env, strict=strict, path=(*path, str(i))) for i, v in enumerate(value)
+        ]
     if not isinstance(value, str):
         return value
 
@@ -104,6 +108,11 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     return index
 
 
+def _is_secret(loc: tuple[str, ...]) -> bool:
+    """Fields whose values must not be echoed into error output."""
+    return bool(loc) and (loc[-1].endswith("key") or loc[-1] == "redis_url")
+
+
 def _problems_from(error: ValidationError, lines: dict[tuple[str, ...], int]) -> list[Problem]:
     problems = []
     for err in error.errors():
@@ -113,7 +122,12 @@ def _problems_from(error: ValidationError, lines: dict[tuple[str, ...], int]) ->
             message = "unknown field (check its spelling against docs/fleet-file.md)"
         elif err["type"] == "missing":
             message = "required field is missing"
-        elif "input" in err and not isinstance(err["input"], dict | list):
+        elif (
+            "input" in err
+            and not isinstance(err["input"], dict | list)
+            and not _is_secret(loc)
+            and repr(err["input"]) not in message
+        ):
             message = f"{message} (got {err['input']!r})"
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         problems.append(Problem(path=".".join(loc), message=message, line=line))
@@ -148,16 +162,15 @@ def parse_fleet(
     try:
         data = interpolate(raw, os.environ if env is None else env, strict=strict_env)
     except KeyError as exc:
-        path, name = exc.args[0]
-        line = lines.get(tuple(path.split(".")))
+        keys, name = exc.args[0]
         raise FleetError(
             file,
             [
                 Problem(
-                    path=path,
+                    path=".".join(keys),
                     message=f"environment variable {name} is not set",
                     suggestion=f"export {name}=... before running, or write ${{{name}:-default}}",
-                    line=line,
+                    line=lines.get(keys),
                 )
             ],
         ) from None
