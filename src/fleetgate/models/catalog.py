@@ -124,7 +124,8 @@ _VARIANT_PARTS = frozenset(
 def _key(model_id: str) -> str:
     name = model_id.rsplit("/", 1)[-1].lower().replace("_", "-")
     name = name.removeprefix("meta-").replace("llama-3-", "llama-3.0-")
-    return "-".join(p for p in name.split("-") if p not in _VARIANT_PARTS)
+    parts = [p for p in name.split("-") if p not in _VARIANT_PARTS]
+    return "-".join(p for p in parts if not p.startswith("quantized"))
 
 
 _INDEX: dict[str, str] = {}

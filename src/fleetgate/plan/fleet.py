@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fleetgate.models import UnknownModelError, load_model_info
-from fleetgate.plan.memory import DeploymentPlan, PlanInput, plan_deployment
+from fleetgate.plan.memory import DeploymentPlan, PlanInput, parse_vllm_version, plan_deployment
 from fleetgate.spec import Fleet, Problem
 
 
@@ -26,6 +26,7 @@ def plan_input(fleet: Fleet, name: str) -> PlanInput:
         quantization=dep.quantization,
         tensor_parallel_size=dep.tensor_parallel_size,
         enforce_eager=dep.enforce_eager,
+        vllm_version=parse_vllm_version(dep.image if dep.runtime == "docker" else None),
     )
 
 

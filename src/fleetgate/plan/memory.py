@@ -18,9 +18,8 @@ GIB = 1024**3
 BLOCK_SIZE = 16
 
 
-# vLLM's defaults for the OpenAI API server (engine/arg_utils.py): GPUs of 70 GiB and more get
-# larger batches.
 def default_max_num_batched_tokens(gpu_memory_gib: float) -> int:
+    """vLLM's API-server default: 8192 on GPUs of 70 GiB and more, 2048 below."""
     return 8192 if gpu_memory_gib >= 70 else 2048
 
 
@@ -28,17 +27,61 @@ def default_max_num_seqs(gpu_memory_gib: float) -> int:
     return 1024 if gpu_memory_gib >= 70 else 256
 
 
-# Non-torch memory that appears during start-up (cuBLAS/cuDNN workspaces, allocator slack);
-# the CUDA context itself exists before vLLM's baseline and lives outside the budget.
-NON_TORCH_GIB = 0.2
-NON_TORCH_PER_EXTRA_GPU_GIB = 0.35  # NCCL buffers with tensor parallelism
-# Activation buffers the profile pass keeps beyond the per-token terms (rotary caches,
-# workspace of the attention backend, torch.compile scratch).
+@dataclass(frozen=True)
+class Engine:
+    """How one generation of vLLM accounts for memory at start-up.
+
+    ``chunked_prefill``: the profile pass is ``max_num_batched_tokens`` tokens (V1); without it
+    (V0) it is the whole ``max_model_len``. ``sampler_bytes``: bytes per logits element at the
+    sampler's peak (float32 logits plus softmax/sort temporaries). ``forward_factor`` scales the
+    per-token tensor sizes of one decoder layer to the measured peak. ``graphs_deducted``: since
+    v0.21 the CUDA-graph estimate comes out of the budget; before, graphs used the headroom.
+    """
+
+    chunked_prefill: bool
+    sampler_bytes: float
+    forward_factor: float
+    graphs_deducted: bool
+
+
+def engine_for(version: tuple[int, int]) -> Engine:
+    if version < (0, 8):
+        return Engine(
+            chunked_prefill=False, sampler_bytes=36, forward_factor=0.9, graphs_deducted=False
+        )
+    return Engine(
+        chunked_prefill=True,
+        sampler_bytes=15,
+        forward_factor=1.17,
+        graphs_deducted=version >= (0, 21),
+    )
+
+
+def parse_vllm_version(text: str | None) -> tuple[int, int]:
+    """``vllm/vllm-openai:v0.32.0`` or ``0.19.1`` -> (0, 32); unknown -> the current (0, 32)."""
+    if text:
+        tag = text.rsplit(":", 1)[-1].lstrip("v")
+        parts = tag.split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            return int(parts[0]), int(parts[1])
+    return CURRENT_VLLM
+
+
+CURRENT_VLLM = (0, 32)
+
+# Memory that appears during start-up outside torch's allocator (cuBLAS workspaces, allocator
+# slack); the CUDA context itself exists before vLLM's baseline and lives in the headroom.
+NON_TORCH_GIB = 0.25
+# With tensor parallelism NCCL and the custom all-reduce keep ~2 GiB per GPU.
+NON_TORCH_TP_GIB = 2.05
+# Small buffers the profile pass keeps whatever the batch (rotary caches, attention workspace).
 ACTIVATION_BASE_GIB = 0.05
-# CUDA graphs: vLLM captures one graph per batch size up to min(2 x max_num_seqs, 512); each
-# keeps a private pool that grows with the largest captured batch's hidden states.
-CUDA_GRAPH_BASE_GIB = 0.03
-CUDA_GRAPH_PER_SIZE_GIB = 0.006
+# CUDA graphs: one graph per capture size and mode (FULL and PIECEWISE); the first capture holds
+# the largest batch's activations, each further one a little private memory that grows with
+# the layers' hidden states.
+CUDA_GRAPH_MODES = 2
+CUDA_GRAPH_BYTES_PER_GRAPH = 1 << 20
+CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN = 54
 
 # Bits per quantized linear weight, counting the scales and zero points stored beside them
 # (AWQ/GPTQ: an fp16 scale and a 4-bit zero per 128 weights).
@@ -70,6 +113,7 @@ class PlanInput:
     quantization: str | None = None
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
+    vllm_version: tuple[int, int] = CURRENT_VLLM
 
 
 @dataclass(frozen=True)
@@ -131,47 +175,106 @@ def kv_bytes_per_token(arch: ModelArch, kv_cache_dtype: str, tensor_parallel_siz
     return 2 * arch.num_layers * heads * arch.head_dim * KV_DTYPE_BYTES[kv_cache_dtype]
 
 
-def activation_bytes(arch: ModelArch, tokens: int, seqs: int, tp: int = 1) -> int:
-    """Peak memory of the profile pass: the largest layer's live tensors for ``tokens`` tokens,
-    plus the sampler's float32 logits (and their softmax/sort copies) for ``seqs`` rows."""
+def forward_bytes(arch: ModelArch, tokens: int, tp: int, engine: Engine) -> int:
+    """Peak of the profile forward pass: one decoder layer's live tensors for ``tokens`` tokens."""
     h = arch.hidden_size
     q = arch.num_attention_heads * arch.head_dim // tp
     kv = arch.num_kv_heads * arch.head_dim // tp
     inter = (arch.moe_intermediate_size if arch.num_experts else arch.intermediate_size) // tp
-    # residual + normed hidden + attention output (16-bit), qkv projection
-    per_token = 2 * (3 * h + q + 2 * kv)
-    # MLP: gate_up output (2I) and the activation output (I), 16-bit
-    per_token += 2 * 3 * inter
+    # residual, normed hidden and attention output, the qkv projection; then the MLP's
+    # gate_up output (2 x inter) and activation output (inter); all 16-bit.
+    per_token = 2 * (3 * h + q + 2 * kv) + 2 * 3 * inter
     if arch.num_experts:
-        per_token += 2 * h * 2  # MoE permuted hidden states and router outputs
-    forward = tokens * per_token
-    # lm_head on the last token of each sequence: 16-bit logits, then float32 logits, probs
-    # and logprobs, and the sort's values and int64 indices in top-p/top-k.
-    vocab = arch.vocab_size
-    sampler = min(seqs, tokens) * vocab * (2 + 4 * 3 + 4 + 8)
-    return int(forward + sampler + ACTIVATION_BASE_GIB * GIB)
+        per_token += 2 * 2 * h  # MoE permuted hidden states and router outputs
+    return int(tokens * per_token * engine.forward_factor)
 
 
-def cuda_graph_bytes(max_num_seqs: int, max_num_batched_tokens: int) -> int:
-    """vLLM's CUDA-graph estimate: one graph per capture size up to min(2 x seqs, 512)."""
+def activation_bytes(
+    arch: ModelArch, tokens: int, seqs: int, tp: int = 1, engine: Engine | None = None
+) -> int:
+    """Peak memory of the profile run: the larger of the forward pass over ``tokens`` tokens and
+    the sampler pass over one logits row per dummy request (min(tokens, seqs) rows, full
+    vocabulary, not split by tensor parallelism), plus fixed buffers."""
+    engine = engine or engine_for(CURRENT_VLLM)
+    sampler = int(min(seqs, tokens) * arch.vocab_size * engine.sampler_bytes)
+    return max(forward_bytes(arch, tokens, tp, engine), sampler) + int(ACTIVATION_BASE_GIB * GIB)
+
+
+def cuda_graph_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
+    """vLLM's capture sizes: 1, 2, 4, then every 8 to 256, every 16 to the largest, which is
+    min(2 x max_num_seqs, 512, max_num_batched_tokens)."""
     largest = min(2 * max_num_seqs, 512, max_num_batched_tokens)
-    sizes = [1, 2, 4, *list(range(8, 256 + 1, 8)), *list(range(272, 512 + 1, 16))]
-    count = sum(1 for s in sizes if s <= largest)
-    return int((CUDA_GRAPH_BASE_GIB + CUDA_GRAPH_PER_SIZE_GIB * count) * GIB)
+    sizes = [1, 2, 4, *range(8, 257, 8), *range(272, 513, 16)]
+    return [s for s in sizes if s <= largest]
+
+
+def cuda_graph_bytes(
+    arch: ModelArch,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    tp: int = 1,
+    engine: Engine | None = None,
+) -> int:
+    """The CUDA-graph memory estimate: the largest batch's activations, plus private memory per
+    graph that grows with layers x hidden size."""
+    engine = engine or engine_for(CURRENT_VLLM)
+    sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens)
+    if not sizes:
+        return 0
+    per_graph = CUDA_GRAPH_BYTES_PER_GRAPH + (
+        CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN * arch.num_layers * arch.hidden_size // tp
+    )
+    return forward_bytes(arch, sizes[-1], tp, engine) + len(sizes) * CUDA_GRAPH_MODES * per_graph
+
+
+def kv_bytes_for_request(
+    arch: ModelArch, length: int, dtype: str, tp: int = 1, chunk: int = 2048
+) -> int:
+    """KV bytes one request of ``length`` tokens holds, in whole 16-token blocks.
+
+    Full-attention layers keep every token; sliding-window layers keep the window plus one
+    prefill chunk, as vLLM's hybrid allocator frees blocks that fall out of the window.
+    """
+    per_layer_token = kv_bytes_per_token(arch, dtype, tp) // arch.num_layers
+    blocks = math.ceil(length / BLOCK_SIZE)
+    window_blocks = blocks
+    if arch.sliding_window:
+        window_blocks = min(blocks, math.ceil((arch.sliding_window + chunk) / BLOCK_SIZE))
+    tokens_held = (
+        arch.full_attention_layers * blocks + arch.sliding_window_layers * window_blocks
+    ) * BLOCK_SIZE
+    return tokens_held * per_layer_token
 
 
 def _kv_option(
-    available: float, arch: ModelArch, dtype: str, tp: int, max_model_len: int, seqs: int
+    available: float, arch: ModelArch, dtype: str, tp: int, max_model_len: int, chunk: int
 ) -> KvOption:
     per_token = kv_bytes_per_token(arch, dtype, tp)
-    blocks = max(0, int(available // (per_token * BLOCK_SIZE)))
-    tokens = blocks * BLOCK_SIZE
-    # vLLM keeps one null block; a request needs ceil(len / 16) blocks of the rest.
-    usable = max(0, blocks - 1) * BLOCK_SIZE
-    fit_len = min(usable, arch.max_position_embeddings)
-    concurrency = tokens / max_model_len if max_model_len else 0.0
+    # vLLM keeps one block as the null block; the rest is the pool requests draw from.
+    pool = max(0, int(available // (per_token * BLOCK_SIZE)) - 1) * per_token * BLOCK_SIZE
+    per_request = kv_bytes_for_request(arch, max_model_len, dtype, tp, chunk)
+    if arch.sliding_window:
+        # hybrid models: vLLM reports tokens as concurrency x max_model_len
+        concurrency = pool / per_request if per_request else 0.0
+        tokens = int(concurrency * max_model_len)
+    else:
+        tokens = int(available // (per_token * BLOCK_SIZE)) * BLOCK_SIZE
+        concurrency = tokens / max_model_len
+    # the largest max_model_len whose one request fits the pool (vLLM's own binary search)
+    lo, hi = 0, arch.max_position_embeddings
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if kv_bytes_for_request(arch, mid, dtype, tp, chunk) <= pool:
+            lo = mid
+        else:
+            hi = mid - 1
     return KvOption(
-        dtype, per_token, tokens, fit_len, round(concurrency, 2), fits=usable >= max_model_len
+        dtype,
+        per_token,
+        max(tokens, 0),
+        lo,
+        round(concurrency, 2),
+        fits=per_request <= pool and pool > 0,
     )
 
 
@@ -179,22 +282,26 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     """Predict what vLLM will log at start-up for one server, and whether it starts."""
     arch = spec.model.arch
     tp = spec.tensor_parallel_size
+    engine = engine_for(spec.vllm_version)
     quant = spec.quantization or spec.model.quantization
     max_model_len = spec.max_model_len or arch.max_position_embeddings
     seqs = spec.max_num_seqs or default_max_num_seqs(spec.gpu_memory_gib)
-    batched = spec.max_num_batched_tokens or max(
-        default_max_num_batched_tokens(spec.gpu_memory_gib), seqs
-    )
+    default_batch = default_max_num_batched_tokens(spec.gpu_memory_gib)
+    if not engine.chunked_prefill:
+        default_batch = max(default_batch, max_model_len)
+    batched = spec.max_num_batched_tokens or max(default_batch, seqs)
 
     budget = spec.gpu_memory_gib * spec.gpu_memory_utilization
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
-    activation = activation_bytes(arch, batched, seqs, tp) / GIB
-    overhead = NON_TORCH_GIB + NON_TORCH_PER_EXTRA_GPU_GIB * (tp > 1)
-    if not spec.enforce_eager:
-        overhead += cuda_graph_bytes(seqs, batched) / GIB
+    activation = activation_bytes(arch, batched, seqs, tp, engine) / GIB
+    overhead = NON_TORCH_TP_GIB if tp > 1 else NON_TORCH_GIB
+    if engine.graphs_deducted and not spec.enforce_eager:
+        overhead += cuda_graph_bytes(arch, seqs, batched, tp, engine) / GIB
     available = budget - weights - activation - overhead
 
-    chosen = _kv_option(max(available, 0) * GIB, arch, spec.kv_cache_dtype, tp, max_model_len, seqs)
+    chosen = _kv_option(
+        max(available, 0) * GIB, arch, spec.kv_cache_dtype, tp, max_model_len, batched
+    )
     reasons = []
     if available <= 0:
         reasons.append(
@@ -214,7 +321,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         )
     fallback = None
     if chosen.kv_bytes_per_token < kv_bytes_per_token(arch, "auto", tp):
-        fallback = _kv_option(max(available, 0) * GIB, arch, "auto", tp, max_model_len, seqs)
+        fallback = _kv_option(max(available, 0) * GIB, arch, "auto", tp, max_model_len, batched)
 
     return DeploymentPlan(
         name=spec.name,

@@ -1,0 +1,283 @@
+"""The planner against real vLLM start-up logs.
+
+Each case names its source. The planner must get the fits/fails verdict right every time and
+the KV-cache tokens within 10% of what vLLM logged. Cases span vLLM V0 (no chunked prefill:
+the profile pass is max_model_len tokens) and V1, bf16 and quantized weights, fp8 KV cache,
+tensor parallelism and consumer and datacenter GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from fleetgate.models import ModelArch, ModelInfo, catalog_arch
+from fleetgate.plan import PlanInput, kv_bytes_per_token, plan_deployment, weight_bytes
+
+GIB = 1024**3
+
+# Qwen1.5-7B: full multi-head attention (32 KV heads), not in the catalog.
+QWEN15_7B = ModelArch.from_config(
+    {
+        "model_type": "qwen2",
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "use_sliding_window": False,
+    },
+    name="Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    source: str
+    model: str
+    gpu_gib: float
+    util: float
+    max_model_len: int
+    version: tuple[int, int]
+    fits: bool
+    kv_tokens: int | None = None
+    available_kv_gib: float | None = None
+    weights_gib: float | None = None
+    activation_gib: float | None = None
+    quantization: str = "none"
+    kv_dtype: str = "auto"
+    max_num_seqs: int | None = None
+    tp: int = 1
+    arch: ModelArch | None = None
+
+    def plan_input(self) -> PlanInput:
+        arch = self.arch or catalog_arch(self.model)
+        assert arch is not None, self.model
+        return PlanInput(
+            name=self.source,
+            model=ModelInfo(arch, self.quantization),
+            gpu_memory_gib=self.gpu_gib,
+            gpu_memory_utilization=self.util,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            kv_cache_dtype=self.kv_dtype,
+            tensor_parallel_size=self.tp,
+            vllm_version=self.version,
+        )
+
+
+CASES = [
+    Case(
+        "vllm#10517 (V0 0.6, RTX 3090, 20000 ctx: 1952 blocks)",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        23.58,
+        0.90,
+        20000,
+        (0, 6),
+        fits=True,
+        kv_tokens=1952 * 16,
+        available_kv_gib=3.81,
+        weights_gib=14.99,
+    ),
+    Case(
+        "vllm#10517 (V0 0.6, RTX 3090, 29000 ctx fails: 23648 tokens)",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        23.58,
+        0.90,
+        29000,
+        (0, 6),
+        fits=False,
+        kv_tokens=23648,
+        available_kv_gib=2.89,
+        weights_gib=14.99,
+    ),
+    Case(
+        "vllm#13882 (V0 0.7, 8 GiB, Qwen2.5-7B bnb-4bit at util 0.70: no memory for KV)",
+        "unsloth/Qwen2.5-7B-Instruct-bnb-4bit",
+        8.00,
+        0.70,
+        4096,
+        (0, 7),
+        fits=False,
+        weights_gib=5.20,
+        quantization="bitsandbytes",
+    ),
+    Case(
+        "QwenLM/Qwen3#16 (V0 0.3, RTX 3090, Qwen1.5-7B GPTQ, 32768 ctx fails: 24320 tokens)",
+        "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
+        23.58,
+        0.90,
+        32768,
+        (0, 3),
+        fits=False,
+        kv_tokens=24320,
+        quantization="gptq",
+        arch=QWEN15_7B,
+    ),
+    Case(
+        "llm-d-planner v0.19.0 log (H100, Llama-3.1-8B bf16, 16384 ctx)",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        79.19,
+        0.95,
+        16384,
+        (0, 19),
+        fits=True,
+        kv_tokens=476016,
+        available_kv_gib=58.11,
+        weights_gib=14.99,
+        activation_gib=1.89,
+    ),
+    Case(
+        "llm-d-planner v0.19.0 report (H100, Llama-3.1-8B, fp8 KV)",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        79.19,
+        0.95,
+        16384,
+        (0, 19),
+        fits=True,
+        kv_tokens=952032,
+        kv_dtype="fp8",
+    ),
+    Case(
+        "llm-d-planner v0.19.0 report (H100, Qwen2.5-7B bf16, 8192 ctx)",
+        "Qwen/Qwen2.5-7B-Instruct",
+        79.19,
+        0.95,
+        8192,
+        (0, 19),
+        fits=True,
+        kv_tokens=1096000,
+        available_kv_gib=58.53,
+        weights_gib=14.25,
+        activation_gib=2.21,
+    ),
+    Case(
+        "llm-d-planner v0.19.0 report (H100, Qwen2.5-7B, fp8 KV)",
+        "Qwen/Qwen2.5-7B-Instruct",
+        79.19,
+        0.95,
+        8192,
+        (0, 19),
+        fits=True,
+        kv_tokens=2192000,
+        kv_dtype="fp8",
+    ),
+    Case(
+        "llm-d-planner v0.19.0 report (H100, Llama-3.1-8B, online fp8 weights)",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        79.19,
+        0.95,
+        16384,
+        (0, 19),
+        fits=True,
+        available_kv_gib=64.61,
+        weights_gib=8.49,
+        quantization="fp8",
+        kv_tokens=int(64.61 * GIB / (128 * 1024)) // 16 * 16,
+    ),
+    Case(
+        "llm-d-planner v0.19.0 report (H100, Llama-3.1-8B, tensor parallel 2)",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        79.19,
+        0.95,
+        8192,
+        (0, 19),
+        fits=True,
+        weights_gib=7.51,
+        activation_gib=1.89,
+        tp=2,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.source)
+def test_calibration(case: Case) -> None:
+    plan = plan_deployment(case.plan_input())
+    assert plan.fits is case.fits, plan.reasons
+    if case.kv_tokens is not None:
+        assert plan.kv_cache_tokens == pytest.approx(case.kv_tokens, rel=0.10)
+    if case.available_kv_gib is not None:
+        assert plan.available_kv_gib == pytest.approx(case.available_kv_gib, rel=0.10)
+    if case.weights_gib is not None:
+        assert plan.weights_gib == pytest.approx(case.weights_gib, rel=0.02)
+    if case.activation_gib is not None:
+        assert plan.activation_gib == pytest.approx(case.activation_gib, rel=0.10)
+
+
+def test_failing_case_names_the_largest_context_that_fits() -> None:
+    # vllm#10517: 29000 does not fit; vLLM said 23648 tokens were available.
+    plan = plan_deployment(CASES[1].plan_input())
+    assert not plan.fits
+    assert plan.max_model_len_fit == pytest.approx(23648, rel=0.10)
+    assert str(plan.max_model_len_fit) in plan.reasons[0]
+
+
+def test_kv_formula_matches_vllm_md_examples() -> None:
+    llama = catalog_arch("meta-llama/Llama-3.1-8B")
+    qwen = catalog_arch("Qwen/Qwen2.5-7B")
+    assert llama and qwen
+    assert kv_bytes_per_token(llama, "auto") == 128 * 1024
+    assert kv_bytes_per_token(llama, "fp8") == 64 * 1024
+    assert kv_bytes_per_token(qwen, "auto") == 56 * 1024
+    assert kv_bytes_per_token(qwen, "fp8_e5m2") == 28 * 1024
+    # tensor parallelism splits KV heads across GPUs
+    assert kv_bytes_per_token(llama, "auto", tensor_parallel_size=2) == 64 * 1024
+
+
+def test_kv_tokens_from_available_memory_lmcache_1739() -> None:
+    # LMCache#1739 (V1): Qwen3-14B, "Available KV cache memory: 6.51 GiB", 42,656 tokens.
+    qwen3 = catalog_arch("Qwen/Qwen3-14B")
+    assert qwen3
+    tokens = 6.51 * GIB / kv_bytes_per_token(qwen3, "auto")
+    assert tokens == pytest.approx(42656, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization", "logged_gib", "source"),
+    [
+        ("neuralmagic/Meta-Llama-3.1-70B-Instruct-quantized.w8a8", "int8", 67.72, "vllm#12569"),
+        ("unsloth/Qwen2.5-7B-Instruct-bnb-4bit", "bitsandbytes", 5.20, "vllm#13882"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "none", 14.99, "vllm#10517"),
+        ("Qwen/Qwen2.5-7B-Instruct", "none", 14.25, "llm-d-planner v0.19.0"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "fp8", 8.49, "llm-d-planner v0.19.0"),
+    ],
+)
+def test_weights_per_quantization(
+    model: str, quantization: str, logged_gib: float, source: str
+) -> None:
+    arch = catalog_arch(model)
+    assert arch, model
+    assert weight_bytes(arch, quantization) / GIB == pytest.approx(logged_gib, rel=0.02), source
+
+
+def test_awq_keeps_embeddings_at_16_bits() -> None:
+    arch = catalog_arch("hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4")
+    assert arch
+    awq = weight_bytes(arch, "awq")
+    embeddings = 2 * arch.embedding_params() * 2  # embed_tokens and lm_head, 16-bit
+    assert awq > embeddings + arch.linear_params() * 4 / 8
+    assert awq < embeddings + arch.linear_params() * 4.5 / 8
+
+
+def test_reference_fleet_fits_with_fp8_and_states_the_fp16_cost() -> None:
+    from pathlib import Path
+
+    from fleetgate.plan import plan_fleet
+    from fleetgate.spec import load_fleet
+
+    fleet = load_fleet(
+        Path(__file__).parent.parent / "examples/homelab/fleet.yaml", strict_env=False
+    ).fleet
+    plans = {p.name: p for p in plan_fleet(fleet)}
+    for name, ctx in (("wintermute", 16384), ("armitage", 8192)):
+        p = plans[name]
+        assert p.fits and p.kv_cache_dtype == "fp8" and p.max_model_len == ctx
+        fb = p.fp16_fallback
+        assert fb is not None
+        # fp16 halves the tokens the same memory holds
+        assert fb.kv_cache_tokens == pytest.approx(p.kv_cache_tokens / 2, abs=16)
+        assert fb.max_concurrency < p.max_concurrency
+        assert fb.max_model_len_fit < p.max_model_len_fit or p.max_model_len_fit == 32768
