@@ -281,3 +281,29 @@ def test_reference_fleet_fits_with_fp8_and_states_the_fp16_cost() -> None:
         assert fb.kv_cache_tokens == pytest.approx(p.kv_cache_tokens / 2, abs=16)
         assert fb.max_concurrency < p.max_concurrency
         assert fb.max_model_len_fit < p.max_model_len_fit or p.max_model_len_fit == 32768
+
+
+def test_cuda_graph_estimate_llm_d_v0_19() -> None:
+    # llm-d-planner v0.19.0 log, Llama-3.1-8B on H100: 51 capture sizes (max 512), two modes;
+    # "CUDA graph pool memory: 0.91 GiB (actual), 0.84 GiB (estimated)".
+    from fleetgate.plan import cuda_graph_bytes
+    from fleetgate.plan.memory import cuda_graph_sizes
+
+    llama = catalog_arch("meta-llama/Llama-3.1-8B")
+    assert llama
+    assert len(cuda_graph_sizes(1024, 8192)) == 51
+    assert cuda_graph_bytes(llama, 1024, 8192) / GIB == pytest.approx(0.84, rel=0.10)
+    # a consumer deployment with max_num_seqs 2 captures sizes 1, 2 and 4 only
+    assert cuda_graph_sizes(2, 2048) == [1, 2, 4]
+    assert cuda_graph_bytes(llama, 2, 2048) < cuda_graph_bytes(llama, 1024, 8192) / 10
+
+
+def test_graphs_come_out_of_the_budget_since_0_21() -> None:
+    case = CASES[4]
+    from dataclasses import replace
+
+    old = plan_deployment(case.plan_input())
+    new = plan_deployment(replace(case.plan_input(), vllm_version=(0, 32)))
+    eager = plan_deployment(replace(case.plan_input(), vllm_version=(0, 32), enforce_eager=True))
+    assert new.available_kv_gib < old.available_kv_gib
+    assert eager.available_kv_gib == pytest.approx(old.available_kv_gib, abs=0.01)
