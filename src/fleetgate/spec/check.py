@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fleetgate.spec.gpus import FP8_KV_ARCHITECTURES
 from fleetgate.spec.load import Problem
 from fleetgate.spec.routes import resolve_alias, route_limits
@@ -71,7 +73,7 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                         f"{total:.2f} GiB to a Windows desktop that usually holds "
                         "0.3-1.5 GiB: vLLM's free-memory check will likely refuse to start",
                         "close GPU apps on that box, or lower gpu_memory_utilization to "
-                        f"{(1 - WINDOWS_DESKTOP_RESERVE_GIB / total):.2f}",
+                        f"{math.floor((1 - WINDOWS_DESKTOP_RESERVE_GIB / total) * 100) / 100}",
                         level="warning",
                     )
                 )
@@ -173,19 +175,31 @@ def _check_limits(fleet: Fleet, route_name: str, profile: str | None) -> list[Pr
     out = []
     for dep_name in route.deployments:
         dep = fleet.deployments[dep_name]
-        if dep.max_model_len and limits.max_input_tokens and limits.max_output_tokens:
-            total = limits.max_input_tokens + limits.max_output_tokens
+        max_in, max_out = limits.max_input_tokens, limits.max_output_tokens
+        if dep.max_model_len and max_in and max_out:
+            total = max_in + max_out
             if total > dep.max_model_len:
                 out.append(
                     Problem(
                         f"{where}.max_input_tokens",
-                        f"max_input_tokens {limits.max_input_tokens} + max_output_tokens "
-                        f"{limits.max_output_tokens} = {total} exceeds deployment {dep_name!r}'s "
+                        f"max_input_tokens {max_in} + max_output_tokens "
+                        f"{max_out} = {total} exceeds deployment {dep_name!r}'s "
                         f"max_model_len {dep.max_model_len}",
-                        f"lower max_input_tokens to {dep.max_model_len - limits.max_output_tokens} "
+                        f"lower max_input_tokens to {dep.max_model_len - max_out} "
                         "or raise the deployment's max_model_len",
                     )
                 )
+        elif dep.max_model_len and (one := max_in or max_out) and one > dep.max_model_len:
+            field = "max_input_tokens" if max_in else "max_output_tokens"
+            out.append(
+                Problem(
+                    f"{where}.{field}",
+                    f"{field} {one} exceeds deployment {dep_name!r}'s "
+                    f"max_model_len {dep.max_model_len}",
+                    f"lower {field} below {dep.max_model_len} "
+                    "or raise the deployment's max_model_len",
+                )
+            )
         if dep.max_num_seqs and limits.concurrency and limits.concurrency > dep.max_num_seqs:
             out.append(
                 Problem(
