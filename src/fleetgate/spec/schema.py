@@ -100,6 +100,10 @@ class Deployment(_Strict):
     env: dict[str, str] = {}
     image: str = "vllm/vllm-openai:v0.32.0"
     runtime: Literal["docker", "process"] = "docker"
+    python: str | None = Field(
+        default=None,
+        description="runtime: process: the python that has vLLM installed; default python3",
+    )
     hf_cache: str | None = Field(default=None, description="default ~/.cache/huggingface")
 
     @field_validator("image")
