@@ -87,7 +87,8 @@ class ModelArch:
             if isinstance(pattern, list):
                 window_layers = sum(1 for t in pattern if "sliding" in str(t))
             elif cfg.get("model_type", "").startswith("gemma2"):
-                window_layers = layers // 2  # Gemma 2 alternates local and global layers
+                # Gemma 2 alternates local and global layers, starting with a local one
+                window_layers = (layers + 1) // 2
             elif cfg.get("model_type") in ("qwen2", "qwen3"):
                 window_layers = max(0, layers - int(cfg.get("max_window_layers", layers)))
             else:

@@ -106,8 +106,17 @@ CATALOG: dict[str, dict[str, Any]] = {
         "model_type": "gemma2",
         "sliding_window": 4096,
     },
-    "microsoft/Phi-3-mini-4k-instruct": _llama(32, 3072, 32, 32, 8192, 32064, 4096),
-    "microsoft/Phi-3-mini-128k-instruct": _llama(32, 3072, 32, 32, 8192, 32064, 131072),
+    # Phi-3 configs carry a sliding window and no layer_types: vLLM applies it to every layer
+    "microsoft/Phi-3-mini-4k-instruct": {
+        **_llama(32, 3072, 32, 32, 8192, 32064, 4096),
+        "model_type": "phi3",
+        "sliding_window": 2047,
+    },
+    "microsoft/Phi-3-mini-128k-instruct": {
+        **_llama(32, 3072, 32, 32, 8192, 32064, 131072),
+        "model_type": "phi3",
+        "sliding_window": 262144,
+    },
     "ibm-granite/granite-3.1-8b-instruct": _llama(40, 4096, 32, 8, 12800, 49155, 131072, True),
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": _qwen(28, 3584, 28, 4, 18944, 152064, 131072, False),
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": {**_QWEN25_14B, "max_position_embeddings": 131072},
@@ -117,7 +126,7 @@ CATALOG: dict[str, dict[str, Any]] = {
 # Name parts that mark a variant (quantized, instruct, chat) of the same architecture.
 _VARIANT_PARTS = frozenset(
     "awq gptq int4 int8 w4a16 w8a8 fp8 bnb 4bit 8bit gguf marlin dynamic hf instruct chat it "
-    "base 2407 2411".split()
+    "base 2407 2411 unsloth nf4".split()
 )
 
 
@@ -155,9 +164,14 @@ def detect_quantization(model_id: str) -> str:
         ("gptq", "gptq"),
         ("bnb", "bitsandbytes"),
         ("4bit", "bitsandbytes"),
+        ("nf4", "bitsandbytes"),
         ("fp8", "fp8"),
         ("w8a8", "int8"),
+        ("w8a16", "int8"),
         ("int8", "int8"),
+        # compressed-tensors 4-bit weight-only checkpoints: GPTQ-style packing and size
+        ("w4a16", "gptq"),
+        ("int4", "gptq"),
     ):
         if marker in lowered:
             return method
