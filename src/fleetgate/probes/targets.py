@@ -1,0 +1,149 @@
+"""What a probe aims at: a gateway URL with its public models and their limits.
+
+From a URL the limits come from the gateway's ``GET /v1/models``; from a fleet file they come
+from the file itself (and the gateway's address from its ``gateway:`` section), which also
+names each model's backends for token counting when the gateway offers no ``/tokenize``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetgate.probes.http import ApiClient
+from fleetgate.spec import Fleet, public_models
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A deployment behind a model, as reachable from here (for direct token counts)."""
+
+    name: str
+    url: str
+    served_model: str
+    max_model_len: int | None
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """A public model name with the limits it is expected to enforce."""
+
+    name: str
+    kind: str = "route"  # route | profile | alias
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_model_len: int | None = None  # what the fleet file (or gateway) plans
+    clamp_max_tokens: bool = False
+    backends: tuple[Backend, ...] = ()
+
+
+@dataclass
+class Target:
+    url: str
+    api_key: str | None = None
+    models: list[ModelUnderTest] = field(default_factory=list)
+
+    def model(self, name: str) -> ModelUnderTest:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"{name!r} is not a model of {self.url}")
+
+
+def _int(card: dict[str, Any], *names: str) -> int | None:
+    """The first integer field among ``names``, in the card or a nested ``limits`` object."""
+    for where in (card, card.get("limits") or {}, card.get("fleetgate") or {}):
+        if not isinstance(where, dict):
+            continue
+        for name in names:
+            value = where.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def models_from_listing(body: Any) -> list[ModelUnderTest]:
+    """Parse a ``/v1/models`` answer (the gateway's, or a bare vLLM's)."""
+    cards = body.get("data", []) if isinstance(body, dict) else []
+    out = []
+    for card in cards:
+        if not isinstance(card, dict) or not isinstance(card.get("id"), str):
+            continue
+        limits = card.get("limits") if isinstance(card.get("limits"), dict) else {}
+        kind = card.get("kind") or limits.get("kind") or "route"
+        clamp = card.get("clamp_max_tokens") or limits.get("clamp_max_tokens")
+        out.append(
+            ModelUnderTest(
+                name=card["id"],
+                kind=str(kind),
+                max_input_tokens=_int(card, "max_input_tokens"),
+                max_output_tokens=_int(card, "max_output_tokens"),
+                max_model_len=_int(card, "max_model_len"),
+                clamp_max_tokens=bool(clamp),
+            )
+        )
+    return out
+
+
+async def target_from_url(url: str, api_key: str | None = None) -> Target:
+    """Ask the gateway which models it serves; raises RuntimeError when it does not answer."""
+    async with ApiClient(url, api_key, timeout_s=30) as api:
+        reply = await api.models()
+    if not reply.ok:
+        raise RuntimeError(
+            f"GET {url}/v1/models answered {reply.status or reply.transport_error}: "
+            f"{reply.message or reply.body}"
+        )
+    return Target(url.rstrip("/"), api_key, models_from_listing(reply.body))
+
+
+def _url(address: str, port: int) -> str:
+    if address in ("0.0.0.0", "::", ""):
+        address = "127.0.0.1"
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"http://{address}:{port}"
+
+
+def gateway_url(fleet: Fleet) -> str:
+    """Where the fleet's gateway answers, from its host's address and port."""
+    if fleet.gateway is None:
+        raise ValueError("the fleet file has no gateway section")
+    return _url(fleet.hosts[fleet.gateway.host].address, fleet.gateway.port)
+
+
+def target_from_fleet(fleet: Fleet, url: str | None = None, api_key: str | None = None) -> Target:
+    """Every public model of the fleet with the limits the file sets.
+
+    ``url`` overrides the gateway address (a local fleet from ``fleetgate up``). The key is
+    ``api_key``, else the fleet's first API key when its ``${VAR}`` resolved.
+    """
+    if api_key is None and fleet.gateway is not None:
+        keys = [k.key for k in fleet.gateway.api_keys if "${" not in k.key]
+        api_key = keys[0] if keys else None
+    models = []
+    for pm in public_models(fleet).values():
+        backends = []
+        for dep_name in pm.deployments:
+            dep = fleet.deployments[dep_name]
+            backends.append(
+                Backend(
+                    dep_name,
+                    _url(fleet.hosts[dep.host].address, dep.port),
+                    dep.public_name(dep_name),
+                    dep.max_model_len,
+                )
+            )
+        lens = [b.max_model_len for b in backends if b.max_model_len is not None]
+        models.append(
+            ModelUnderTest(
+                name=pm.name,
+                kind=pm.kind,
+                max_input_tokens=pm.limits.max_input_tokens,
+                max_output_tokens=pm.limits.max_output_tokens,
+                max_model_len=min(lens) if lens else None,
+                clamp_max_tokens=bool(pm.limits.clamp_max_tokens),
+                backends=tuple(backends),
+            )
+        )
+    return Target((url or gateway_url(fleet)).rstrip("/"), api_key, models)
