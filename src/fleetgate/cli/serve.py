@@ -1,0 +1,48 @@
+"""``fleetgate serve``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from fleetgate.cli.app import app, err_console
+from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.spec import Fleet, FleetError, Problem, check_fleet, load_fleet
+
+
+def _checked(path: Path) -> Fleet:
+    """Load and cross-check the fleet file; raise FleetError when it has errors (reload uses
+    this too, so an invalid file is refused and the running configuration stays)."""
+    fleet = load_fleet(path).fleet
+    errors = [p for p in check_fleet(fleet) if p.level == "error"]
+    if errors:
+        raise FleetError(str(path), errors)
+    if fleet.gateway is None:
+        raise FleetError(str(path), [Problem("gateway", "the fleet file has no gateway section")])
+    return fleet
+
+
+@app.command()
+def serve(
+    fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
+    host: str | None = typer.Option(None, help="listen address (default: gateway.listen)"),
+    port: int | None = typer.Option(None, help="port (default: gateway.port)"),
+) -> None:
+    """Run the OpenAI-compatible gateway described by the fleet file's gateway section.
+
+    SIGHUP or POST /admin/reload (with the admin key) re-reads the file; an invalid file is
+    refused and the running configuration keeps serving.
+    """
+    from fleetgate.gateway import run
+
+    load_or_exit(fleet)
+    try:
+        checked = _checked(fleet)
+    except FleetError as exc:
+        print_problems(exc.problems, exc.file)
+        raise typer.Exit(1) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    err_console.print(f"serving {fleet}", highlight=False)
+    run(checked, host=host, port=port, loader=lambda: _checked(fleet))

@@ -1,0 +1,15 @@
+"""The OpenAI-compatible gateway: auth, admission, routing, retries, streaming, health, metrics."""
+
+from fleetgate.gateway.app import RunningGateway, create_app, run, serve
+from fleetgate.gateway.config import GatewayConfig
+from fleetgate.gateway.state import Gateway, ReloadError
+
+__all__ = [
+    "Gateway",
+    "GatewayConfig",
+    "ReloadError",
+    "RunningGateway",
+    "create_app",
+    "run",
+    "serve",
+]

@@ -1,0 +1,224 @@
+"""The aiohttp application: routes, and a server that runs it (in a test or as a service)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from fleetgate.gateway.config import GatewayConfig, hash_key
+from fleetgate.gateway.errors import GatewayError, forbidden, unauthorized
+from fleetgate.gateway.metrics import CONTENT_TYPE
+from fleetgate.gateway.proxy import authenticate, completions
+from fleetgate.gateway.state import FleetLoader, Gateway, ReloadError
+from fleetgate.spec import Fleet
+
+log = logging.getLogger("fleetgate.gateway")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+_ROUTES = {
+    "/v1/chat/completions": ("POST",),
+    "/v1/completions": ("POST",),
+    "/v1/models": ("GET",),
+    "/health/live": ("GET",),
+    "/health/ready": ("GET",),
+    "/metrics": ("GET",),
+    "/admin/reload": ("POST",),
+}
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), content_type="application/json"
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await completions(request, request.app[GATEWAY], "chat", "/v1/chat/completions")
+
+
+async def text_completions(request: web.Request) -> web.StreamResponse:
+    return await completions(request, request.app[GATEWAY], "completion", "/v1/completions")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        key = authenticate(gw.config, request)
+    except GatewayError as exc:
+        return exc.response()
+    data = [
+        {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "fleetgate",
+            "root": m.route,
+            "max_model_len": m.max_model_len,
+            "max_input_tokens": m.max_input_tokens,
+            "max_output_tokens": m.max_output_tokens,
+        }
+        for m in gw.config.models.values()
+        if key is None or key.allows(m)
+    ]
+    return _json({"object": "list", "data": data})
+
+
+async def live(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Ready while at least one route has a healthy deployment; each route's state listed."""
+    gw = request.app[GATEWAY]
+    routes: dict[str, dict[str, list[str]]] = {}
+    for m in gw.config.models.values():
+        if m.name != m.route:
+            continue
+        up = [d for d in m.deployments if gw.upstream.healthy(d)]
+        routes[m.name] = {"up": up, "down": [d for d in m.deployments if d not in up]}
+    is_ready = any(r["up"] for r in routes.values())
+    return _json({"ready": is_ready, "routes": routes}, 200 if is_ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    expected = gw.config.admin_key_hash
+    if expected is None:
+        return forbidden("admin endpoints are disabled: set gateway.admin_key").response()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(hash_key(token.strip()), expected):
+        return unauthorized("admin key missing or wrong").response()
+    try:
+        config = await gw.reload()
+    except ReloadError as exc:
+        return GatewayError(
+            400,
+            f"reload refused, the old configuration keeps serving: {exc}",
+            reason="reload_refused",
+            code="invalid_fleet",
+        ).response()
+    return _json({"reloaded": True, "models": sorted(config.models)})
+
+
+async def fallback(request: web.Request) -> web.Response:
+    """Unknown paths and methods get OpenAI-style errors too."""
+    allowed = _ROUTES.get(request.path)
+    if allowed is not None:
+        return GatewayError(
+            405,
+            f"{request.method} is not allowed on {request.path}; use {allowed[0]}",
+            reason="bad_method",
+        ).response()
+    return GatewayError(
+        404, f"no such endpoint: {request.path[:200]}", reason="not_found"
+    ).response()
+
+
+def create_app(fleet: Fleet, *, loader: FleetLoader | None = None) -> web.Application:
+    """The gateway for a fleet that passed ``check_fleet``; ``loader`` re-reads it on reload."""
+    gateway = Gateway(GatewayConfig.from_fleet(fleet), loader)
+    # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
+    app = web.Application(client_max_size=0)
+    app[GATEWAY] = gateway
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", text_completions)
+    app.router.add_get("/v1/models", list_models, allow_head=False)
+    app.router.add_get("/health/live", live, allow_head=False)
+    app.router.add_get("/health/ready", ready, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_post("/admin/reload", admin_reload)
+    app.router.add_route("*", "/{tail:.*}", fallback)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await gateway.start()
+        yield
+        await gateway.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    port: int
+    app: web.Application
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app[GATEWAY]
+
+
+@asynccontextmanager
+async def serve(
+    fleet: Fleet, *, host: str = "127.0.0.1", port: int = 0, loader: FleetLoader | None = None
+) -> AsyncIterator[RunningGateway]:
+    """Run the gateway on this event loop until the block ends (port 0: any free port).
+
+    Handlers are cancelled when their client disconnects: that is what frees a queue place or
+    a backend slot, and closes the upstream request, the moment a client goes away.
+    """
+    app = create_app(fleet, loader=loader)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        yield RunningGateway(f"http://{shown}:{bound}", bound, app)
+    finally:
+        await runner.cleanup()
+
+
+def run(
+    fleet: Fleet,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    loader: FleetLoader | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP reloads the fleet file through ``loader``."""
+    with suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    config = GatewayConfig.from_fleet(fleet)
+    listen = host or config.listen
+    port = config.port if port is None else port
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        pending: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        async with serve(fleet, host=listen, port=port, loader=loader) as running:
+            gw = running.gateway
+
+            def hup() -> None:
+                async def reload() -> None:
+                    with suppress(ReloadError):
+                        await gw.reload()
+
+                pending.add(task := loop.create_task(reload()))
+                task.add_done_callback(pending.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, hup)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            log.warning("fleetgate gateway listening on %s:%d", listen, running.port)
+            await stop.wait()
+
+    asyncio.run(main())

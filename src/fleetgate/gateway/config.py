@@ -1,0 +1,152 @@
+"""The gateway's runtime configuration, derived once from a validated fleet.
+
+Everything the hot path needs is resolved here (URLs, effective limits, hashed keys), so a
+request never walks the fleet schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from fleetgate.spec import Fleet, public_models
+
+# A deployment that states neither a route concurrency nor max_num_seqs: vLLM's own default
+# batch size, so the gateway does not become the bottleneck by accident.
+DEFAULT_CONCURRENCY = 256
+
+
+def hash_key(key: str) -> str:
+    """Keys are kept and compared as digests, so a raw key never sits in a config dump."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """One backend: where it answers and the model name it serves."""
+
+    name: str
+    url: str
+    served_model: str
+    max_model_len: int | None
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A public model name (route, profile or alias) with its effective limits.
+
+    ``lane`` is the route or profile name: aliases share their target's queue and counters.
+    """
+
+    name: str
+    route: str
+    lane: str
+    deployments: tuple[str, ...]
+    max_model_len: int | None
+    max_input_tokens: int | None
+    max_output_tokens: int | None
+    clamp_max_tokens: bool
+    rpm: int | None
+    tpm: int | None
+    queue_depth: int
+    queue_wait_s: float
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    name: str
+    routes: frozenset[str]
+
+    def allows(self, model: ModelConfig) -> bool:
+        """A key lists public names; naming a route or profile also admits its aliases."""
+        return "*" in self.routes or model.name in self.routes or model.lane in self.routes
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_s: float
+    timeout_s: float
+    unhealthy_after: int
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: str
+    port: int
+    max_body_bytes: int
+    retries: int
+    request_timeout_s: float
+    health: HealthConfig
+    redis_url: str | None
+    admin_key_hash: str | None
+    keys: dict[str, KeyConfig] = field(default_factory=dict)  # sha256(key) -> key
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        """No API key configured: anyone reaching the port may use every route."""
+        return not self.keys
+
+    @classmethod
+    def from_fleet(cls, fleet: Fleet) -> GatewayConfig:
+        """Build from a fleet that passed :func:`fleetgate.spec.check_fleet`."""
+        gw = fleet.gateway
+        if gw is None:
+            raise ValueError("the fleet file has no gateway section")
+        models: dict[str, ModelConfig] = {}
+        # A deployment's slots: the smallest concurrency any plain route gives it.
+        slots: dict[str, int] = {}
+        for pm in public_models(fleet).values():
+            lim = pm.limits
+            lens = [fleet.deployments[d].max_model_len for d in pm.deployments]
+            known = [n for n in lens if n is not None]
+            models[pm.name] = ModelConfig(
+                name=pm.name,
+                route=pm.route,
+                lane=pm.profile or pm.route,
+                deployments=pm.deployments,
+                max_model_len=min(known) if known else None,
+                max_input_tokens=lim.max_input_tokens,
+                max_output_tokens=lim.max_output_tokens,
+                clamp_max_tokens=bool(lim.clamp_max_tokens),
+                rpm=lim.rpm,
+                tpm=lim.tpm,
+                queue_depth=lim.queue_depth if lim.queue_depth is not None else 16,
+                queue_wait_s=lim.queue_wait_s if lim.queue_wait_s is not None else 30.0,
+            )
+            if pm.kind == "route":
+                for d in pm.deployments:
+                    conc = lim.concurrency or fleet.deployments[d].max_num_seqs
+                    conc = conc or DEFAULT_CONCURRENCY
+                    slots[d] = min(slots.get(d, conc), conc)
+        deployments = {}
+        for name in slots:
+            dep = fleet.deployments[name]
+            address = fleet.hosts[dep.host].address
+            if ":" in address and not address.startswith("["):
+                address = f"[{address}]"
+            deployments[name] = DeploymentConfig(
+                name=name,
+                url=f"http://{address}:{dep.port}",
+                served_model=dep.public_name(name),
+                max_model_len=dep.max_model_len,
+                concurrency=slots[name],
+            )
+        keys = {hash_key(k.key): KeyConfig(k.name, frozenset(k.routes)) for k in gw.api_keys}
+        return cls(
+            listen=gw.listen,
+            port=gw.port,
+            max_body_bytes=gw.max_body_bytes,
+            retries=gw.retries,
+            request_timeout_s=gw.request_timeout_s,
+            health=HealthConfig(
+                gw.health.interval_s, gw.health.timeout_s, gw.health.unhealthy_after
+            ),
+            redis_url=gw.redis_url,
+            admin_key_hash=hash_key(gw.admin_key) if gw.admin_key else None,
+            keys=keys,
+            models=models,
+            deployments=deployments,
+        )

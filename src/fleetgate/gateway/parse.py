@@ -1,0 +1,182 @@
+"""Reading and checking a client's JSON body, just enough to admit it safely.
+
+The backend validates the rest; what is checked here is what the gateway itself relies on
+(types of ``model``, ``messages``, ``prompt``, ``max_tokens``, ``stream``), so a hostile body
+gets a 400 and never trips the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fleetgate.gateway.errors import bad_request
+from fleetgate.gateway.tokens import chat_token_bound, prompt_token_bound
+
+# Fields that change what the chat template renders: their requests are always counted by the
+# backend, and they travel to /tokenize so the count matches what generation will see.
+_TEMPLATE_FIELDS = (
+    "tools",
+    "documents",
+    "chat_template",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "add_special_tokens",
+    "mm_processor_kwargs",
+)
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_json(raw: bytes) -> Any:
+    """JSON or a 400: no NaN/Infinity, no nesting deep enough to exhaust the stack."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        msg = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise bad_request(f"the request body is not valid JSON: {msg[:200]}") from None
+
+
+@dataclass
+class ParsedRequest:
+    """What admission needs from a completion request; ``body`` is forwarded after edits."""
+
+    kind: str  # "chat" | "completion"
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    n: int
+    # An upper bound on prompt tokens per prompt, or None when only the backend can count.
+    bound: int | None
+    prompts: int  # how many prompts the request carries (completions accept a batch)
+
+    def tokenize_payloads(self) -> list[dict[str, Any]]:
+        """Bodies for the backend's /tokenize, one per prompt (without ``model``)."""
+        body = self.body
+        if self.kind == "chat":
+            payload = {"messages": body["messages"]}
+            payload.update({k: body[k] for k in _TEMPLATE_FIELDS if k in body})
+            return [payload]
+        prompt = body["prompt"]
+        if isinstance(prompt, str):
+            return [{"prompt": prompt}]
+        return [{"prompt": p} for p in prompt if isinstance(p, str)]
+
+    def token_id_prompt_lengths(self) -> list[int]:
+        """Prompts already given as token ids need no counting."""
+        prompt = self.body.get("prompt")
+        if self.kind != "completion" or not isinstance(prompt, list) or not prompt:
+            return []
+        if _is_int(prompt[0]):
+            return [len(prompt)]
+        return [len(p) for p in prompt if isinstance(p, list)]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _optional_int(body: dict[str, Any], key: str, minimum: int) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if not _is_int(v):
+        raise bad_request(f"{key} must be an integer, got {type(v).__name__}", param=key)
+    if v < minimum:
+        raise bad_request(f"{key} must be at least {minimum}, got {v}", param=key)
+    return v
+
+
+def parse_request(kind: str, raw: bytes) -> ParsedRequest:
+    body = load_json(raw)
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required and must be a non-empty string", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise bad_request("stream must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("stream_options must be an object", param="stream_options")
+    include_usage = bool(options and options.get("include_usage") is True)
+    max_tokens = _optional_int(body, "max_tokens", 1)
+    if kind == "chat":
+        completion_tokens = _optional_int(body, "max_completion_tokens", 1)
+        if completion_tokens is not None:
+            max_tokens = completion_tokens  # vLLM prefers it over max_tokens too
+    n = _optional_int(body, "n", 1) or 1
+    if kind == "chat":
+        bound, prompts = _check_chat(body), 1
+    else:
+        bound, prompts = _check_completion(body)
+    return ParsedRequest(kind, body, model, stream, include_usage, max_tokens, n, bound, prompts)
+
+
+def _check_chat(body: dict[str, Any]) -> int | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages is required and must be a non-empty array", param="messages")
+    texts: list[str] = []
+    plain = not any(k in body for k in _TEMPLATE_FIELDS)
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad_request(f"messages[{i}] must be an object", param=f"messages.{i}")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise bad_request(
+                f"messages[{i}].role is required and must be a string", param=f"messages.{i}.role"
+            )
+        texts.append(role)
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict):
+                    raise bad_request(
+                        f"messages[{i}].content[{j}] must be an object",
+                        param=f"messages.{i}.content",
+                    )
+                text = part.get("text")
+                if part.get("type") == "text" and isinstance(text, str):
+                    texts.append(text)
+                else:
+                    plain = False
+        elif content is not None:
+            raise bad_request(
+                f"messages[{i}].content must be a string, an array of parts or null",
+                param=f"messages.{i}.content",
+            )
+        if not _PLAIN_MESSAGE_KEYS.issuperset(m):
+            plain = False
+        name = m.get("name")
+        if isinstance(name, str):
+            texts.append(name)
+    return chat_token_bound(texts, len(messages)) if plain else None
+
+
+def _check_completion(body: dict[str, Any]) -> tuple[int | None, int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt_token_bound(prompt), 1
+    if isinstance(prompt, list) and prompt:
+        if all(_is_int(t) for t in prompt):
+            return len(prompt), 1
+        if all(isinstance(p, str) for p in prompt):
+            return max(prompt_token_bound(p) for p in prompt), len(prompt)
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return max(len(p) for p in prompt), len(prompt)
+    raise bad_request(
+        "prompt is required: a string, an array of strings, or token ids", param="prompt"
+    )

@@ -1,0 +1,197 @@
+"""Requests and tokens per minute, per lane: reserve at admission, settle on real usage.
+
+Each limit is a token bucket holding one minute's allowance that refills continuously, so a
+route with ``rpm: 60`` takes a burst of 60 and then one request a second. TPM reserves the
+prompt plus the most the answer may cost; :meth:`settle` gives back what the answer did not use
+(or takes the overrun). Two backends: in memory (one gateway) and Redis (replicas share limits;
+the script runs atomically on the server's clock).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from time import monotonic
+from typing import Protocol
+
+from fleetgate.gateway.errors import GatewayError, rate_limited
+
+log = logging.getLogger("fleetgate.gateway")
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one lane allows per minute (None: unlimited)."""
+
+    lane: str
+    rpm: int | None
+    tpm: int | None
+
+
+class RateLimiter(Protocol):
+    async def reserve(self, quota: Quota, tokens: int) -> None: ...
+
+    async def settle(self, quota: Quota, reserved: int, used: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _refusal(quota: Quota, which: int, wait_s: float, tokens: int) -> GatewayError:
+    if which == 1:
+        return rate_limited(
+            f"rate limit for {quota.lane!r} reached: rpm is {quota.rpm} requests per minute",
+            reason="rpm",
+            retry_after=wait_s,
+        )
+    return rate_limited(
+        f"token rate limit for {quota.lane!r} reached: this request reserves {tokens} tokens "
+        f"(prompt + max_tokens), tpm is {quota.tpm} tokens per minute",
+        reason="tpm",
+        retry_after=wait_s,
+    )
+
+
+def _check_size(quota: Quota, tokens: int) -> None:
+    if quota.tpm is not None and tokens > quota.tpm:
+        raise rate_limited(
+            f"this request reserves {tokens} tokens (prompt + max_tokens), more than "
+            f"{quota.lane!r} allows in a whole minute (tpm {quota.tpm}); lower max_tokens",
+            reason="tpm",
+            retry_after=60,
+        )
+
+
+class MemoryRateLimiter:
+    """Buckets in this process: exact for a single gateway replica."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], list[float]] = {}  # -> [level, last update]
+
+    def _level(self, key: tuple[str, str], limit: int, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return float(limit)
+        return min(float(limit), bucket[0] + (now - bucket[1]) * limit / 60.0)
+
+    async def reserve(self, quota: Quota, tokens: int) -> None:
+        _check_size(quota, tokens)
+        now = monotonic()
+        rpm_key, tpm_key = (quota.lane, "rpm"), (quota.lane, "tpm")
+        if quota.rpm is not None:
+            rpm_level = self._level(rpm_key, quota.rpm, now)
+            if rpm_level < 1:
+                raise _refusal(quota, 1, (1 - rpm_level) * 60 / quota.rpm, tokens)
+        if quota.tpm is not None:
+            tpm_level = self._level(tpm_key, quota.tpm, now)
+            if tpm_level < tokens:
+                raise _refusal(quota, 2, (tokens - tpm_level) * 60 / quota.tpm, tokens)
+        if quota.rpm is not None:
+            self._buckets[rpm_key] = [rpm_level - 1, now]
+        if quota.tpm is not None:
+            self._buckets[tpm_key] = [tpm_level - tokens, now]
+
+    async def settle(self, quota: Quota, reserved: int, used: int) -> None:
+        if quota.tpm is None or reserved == used:
+            return
+        now = monotonic()
+        key = (quota.lane, "tpm")
+        level = self._level(key, quota.tpm, now) + reserved - used
+        self._buckets[key] = [min(float(quota.tpm), level), now]
+
+    async def close(self) -> None:
+        return None
+
+
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level(key, limit)
+  local v = redis.call('HMGET', key, 'l', 't')
+  local l = tonumber(v[1])
+  if l == nil then return limit end
+  l = l + (now - tonumber(v[2])) * limit / 60
+  if l > limit then l = limit end
+  return l
+end
+local rpm, tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rl, tl
+if rpm > 0 then
+  rl = level(KEYS[1], rpm)
+  if rl < 1 then return {1, tostring((1 - rl) * 60 / rpm)} end
+end
+if tpm > 0 then
+  tl = level(KEYS[2], tpm)
+  if tl < cost then return {2, tostring((cost - tl) * 60 / tpm)} end
+end
+if rpm > 0 then
+  redis.call('HSET', KEYS[1], 'l', tostring(rl - 1), 't', tostring(now))
+  redis.call('EXPIRE', KEYS[1], 120)
+end
+if tpm > 0 then
+  redis.call('HSET', KEYS[2], 'l', tostring(tl - cost), 't', tostring(now))
+  redis.call('EXPIRE', KEYS[2], 120)
+end
+return {0, '0'}
+"""
+
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'l', 't')
+local l = tonumber(v[1])
+if l == nil then l = limit else l = l + (now - tonumber(v[2])) * limit / 60 end
+l = l + delta
+if l > limit then l = limit end
+redis.call('HSET', KEYS[1], 'l', tostring(l), 't', tostring(now))
+redis.call('EXPIRE', KEYS[1], 120)
+return 0
+"""
+
+
+class RedisRateLimiter:
+    """Buckets in Redis, so every gateway replica draws from the same allowance.
+
+    If Redis cannot be reached the gateway admits the request and logs it: an outage of the
+    limiter's store should not turn into an outage of the models.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "fleetgate:rl:") -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(url)
+        self._prefix = prefix
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+
+    def _keys(self, lane: str) -> list[str]:
+        return [f"{self._prefix}{lane}:rpm", f"{self._prefix}{lane}:tpm"]
+
+    async def reserve(self, quota: Quota, tokens: int) -> None:
+        _check_size(quota, tokens)
+        if quota.rpm is None and quota.tpm is None:
+            return
+        try:
+            which, wait = await self._reserve(
+                keys=self._keys(quota.lane), args=[quota.rpm or 0, quota.tpm or 0, tokens]
+            )
+        except Exception as exc:  # the store is down: admit, and say so
+            log.warning("rate limiter store unavailable, admitting: %s", exc)
+            return
+        if int(which):
+            raise _refusal(quota, int(which), float(wait), tokens)
+
+    async def settle(self, quota: Quota, reserved: int, used: int) -> None:
+        if quota.tpm is None or reserved == used:
+            return
+        try:
+            await self._settle(keys=self._keys(quota.lane)[1:], args=[quota.tpm, reserved - used])
+        except Exception as exc:
+            log.warning("rate limiter store unavailable, usage not settled: %s", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_rate_limiter(redis_url: str | None) -> RateLimiter:
+    return RedisRateLimiter(redis_url) if redis_url else MemoryRateLimiter()

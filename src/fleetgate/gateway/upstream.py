@@ -1,0 +1,222 @@
+"""Talking to the deployments: one shared HTTP client, health probing, retries, /tokenize.
+
+Retries happen only before anything reached the client and only where the backend cannot be
+generating already: a refused or dropped connection, or a 502/503 answer. Never on a 4xx,
+never on a timeout (the first attempt may still be running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from fleetgate.gateway.admission import Admission, SlotPool
+from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
+from fleetgate.gateway.errors import GatewayError, bad_gateway
+
+log = logging.getLogger("fleetgate.gateway")
+
+RETRY_BASE_S = 0.05
+RETRYABLE_STATUS = frozenset({502, 503})
+_CONNECTION_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+_JSON = {"Content-Type": "application/json"}
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with full jitter around it, so retries of a burst spread out."""
+    return RETRY_BASE_S * (2**attempt) * random.uniform(0.5, 1.5)
+
+
+def error_message(body: bytes) -> str:
+    """The message of an OpenAI/vLLM error body (either shape), or the start of the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+    return body[:200].decode("utf-8", "replace")
+
+
+class Upstream:
+    """The deployments as the proxy sees them: send with retries, count tokens, probe health."""
+
+    def __init__(self, admission: Admission, on_health: Callable[[str, bool], None]) -> None:
+        self.admission = admission
+        self.deployments: dict[str, DeploymentConfig] = {}
+        self.retries = 0
+        self._failures: dict[str, int] = {}
+        self._unhealthy_after = 1
+        self._on_health = on_health
+        self._session: aiohttp.ClientSession | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_interval = 5.0
+        self._probe_timeout = 2.0
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Upstream.start() was not awaited"
+        return self._session
+
+    def configure(self, config: GatewayConfig) -> None:
+        self.deployments = dict(config.deployments)
+        self.retries = config.retries
+        self._unhealthy_after = config.health.unhealthy_after
+        self._probe_interval = config.health.interval_s
+        self._probe_timeout = config.health.timeout_s
+        for name in list(self._failures):
+            if name not in self.deployments:
+                del self._failures[name]
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        self._probe_task = asyncio.create_task(self._probe_forever(), name="fleetgate-health")
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    # -- health -------------------------------------------------------------------------------
+
+    def healthy(self, name: str) -> bool:
+        pool = self.admission.pools.get(name)
+        return pool is not None and pool.healthy
+
+    def record(self, name: str, ok: bool) -> None:
+        """One probe or request outcome: down after N failures in a row, up after a success."""
+        if ok:
+            self._failures[name] = 0
+            if not self.healthy(name):
+                log.warning("deployment %s is back up", name)
+                self._on_health(name, True)
+            return
+        count = self._failures.get(name, 0) + 1
+        self._failures[name] = count
+        if count >= self._unhealthy_after and self.healthy(name):
+            log.warning("deployment %s is down after %d failed checks", name, count)
+            self._on_health(name, False)
+
+    async def probe(self, dep: DeploymentConfig) -> bool:
+        try:
+            async with self.session.get(
+                dep.url + "/health", timeout=aiohttp.ClientTimeout(total=self._probe_timeout)
+            ) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def probe_all(self) -> None:
+        deps = list(self.deployments.values())
+        results = await asyncio.gather(*(self.probe(d) for d in deps))
+        for dep, ok in zip(deps, results, strict=True):
+            if dep.name in self.deployments:
+                self.record(dep.name, ok)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            try:
+                await self.probe_all()
+            except Exception:  # a probe round must never kill the prober
+                log.exception("health probe round failed")
+            await asyncio.sleep(self._probe_interval)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        pool: SlotPool,
+        candidates: tuple[str, ...],
+        path: str,
+        payload_for: Callable[[str], bytes],
+    ) -> tuple[aiohttp.ClientResponse, SlotPool, int]:
+        """POST to a deployment, retrying where that is safe.
+
+        Returns the open response (the caller reads and releases it), the slot pool it came
+        from (a retry may move to another deployment) and how many attempts it took.
+        """
+        last = "no attempt made"
+        attempt = 0
+        while True:
+            dep = self.deployments.get(pool.name)
+            if dep is None:
+                raise bad_gateway(f"deployment {pool.name!r} was removed by a reload")
+            try:
+                resp = await self.session.post(
+                    dep.url + path, data=payload_for(dep.served_model), headers=_JSON
+                )
+            except _CONNECTION_ERRORS as exc:
+                self.record(dep.name, False)
+                last = f"deployment {dep.name!r}: {exc.__class__.__name__}: {exc}"
+            else:
+                if resp.status not in RETRYABLE_STATUS:
+                    return resp, pool, attempt + 1
+                body = await resp.read()
+                resp.release()
+                last = f"deployment {dep.name!r} answered {resp.status}: {error_message(body)}"
+            if attempt >= self.retries:
+                raise bad_gateway(f"upstream failed after {attempt + 1} attempt(s); {last}")
+            await asyncio.sleep(backoff_s(attempt))
+            attempt += 1
+            other = self.admission.try_acquire(candidates, exclude=pool.name)
+            if other is not None:
+                self.admission.release(pool)
+                pool = other
+
+    async def count_tokens(self, candidates: tuple[str, ...], payload: dict[str, Any]) -> int:
+        """The backend's token count for one prompt (chat template applied for messages)."""
+        names = sorted(
+            (n for n in candidates if self.healthy(n) and n in self.deployments),
+            key=lambda n: self.admission.pools[n].in_use,
+        )
+        last = "no healthy deployment"
+        for name in names[: self.retries + 1]:
+            dep = self.deployments[name]
+            body = json.dumps({"model": dep.served_model, **payload}).encode()
+            try:
+                async with self.session.post(
+                    dep.url + "/tokenize", data=body, headers=_JSON
+                ) as resp:
+                    raw = await resp.read()
+            except _CONNECTION_ERRORS as exc:
+                self.record(name, False)
+                last = f"deployment {name!r}: {exc.__class__.__name__}"
+                continue
+            if resp.status == 200:
+                try:
+                    count = json.loads(raw)["count"]
+                except (ValueError, KeyError, TypeError):
+                    count = None
+                if isinstance(count, int):
+                    return count
+                last = f"deployment {name!r} sent a /tokenize answer without a count"
+            elif 400 <= resp.status < 500 and resp.status != 404:
+                raise GatewayError(
+                    resp.status,
+                    error_message(raw),
+                    reason="bad_request",
+                    param=None,
+                    code=None,
+                )
+            else:
+                last = f"deployment {name!r} answered /tokenize with {resp.status}"
+        raise bad_gateway(f"could not count the prompt's tokens: {last}")
