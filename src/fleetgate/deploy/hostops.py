@@ -1,0 +1,185 @@
+"""Operations on a host's release tree, the same verbs for Linux (bash) and Windows (PowerShell).
+
+A release is a directory ``releases/NAME`` holding every rendered file and ``release.json``.
+It is unpacked under a temporary name and renamed into place, and the pointer to the release in
+service is replaced by a rename, so a deploy killed at any point leaves a whole release current.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shlex
+import tarfile
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fleetgate.deploy.transport import Result, Transport, TransportError
+
+RELEASE_META = "release.json"
+
+
+class HostError(RuntimeError):
+    """An operation on the host failed; the message carries what the host said."""
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    failed: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostState:
+    current: str | None
+    releases: list[Release]
+
+    def release(self, name: str) -> Release | None:
+        return next((r for r in self.releases if r.name == name), None)
+
+    def previous(self) -> Release | None:
+        """The newest good release older than the current one (or the newest, if none is)."""
+        good = [r for r in self.releases if not r.failed and r.name != self.current]
+        if self.current is not None:
+            good = [r for r in good if r.name < self.current]
+        return max(good, key=lambda r: r.name, default=None)
+
+
+def pack(files: dict[str, bytes]) -> bytes:
+    """A tar archive of files (sorted, fixed metadata) for the host to unpack."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o755 if path.endswith(".sh") else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def unpack(archive: bytes) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                handle = tar.extractfile(member)
+                assert handle is not None
+                out[member.name.removeprefix("./")] = handle.read()
+    return out
+
+
+def _parse_state(text: str) -> HostState:
+    current: str | None = None
+    releases = []
+    for line in text.splitlines():
+        if line.startswith("current "):
+            current = line.removeprefix("current ").strip() or None
+        elif line.startswith("release "):
+            _, name, status, *rest = line.split(" ", 3)
+            try:
+                meta = json.loads(rest[0]) if rest else {}
+            except json.JSONDecodeError:
+                meta = {}
+            releases.append(Release(name, status == "failed", meta))
+    return HostState(current, sorted(releases, key=lambda r: r.name))
+
+
+class HostOps:
+    """The release tree of one host, reached through a transport."""
+
+    def __init__(self, transport: Transport, os: str, workdir: str) -> None:
+        self.transport = transport
+        self.os = os
+        self.workdir = workdir
+
+    def _op(self, op: str, *args: str, stdin: bytes | None = None, timeout: float = 120) -> Result:
+        raise NotImplementedError
+
+    def _check(self, result: Result, what: str) -> Result:
+        if result.rc != 0:
+            raise HostError(f"{what} failed on {self.transport.name}: {result.error}")
+        return result
+
+    def state(self) -> HostState:
+        return _parse_state(self._check(self._op("state"), "reading releases").text)
+
+    def fetch(self, release: str) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    def upload(self, release: str, files: dict[str, bytes]) -> None:
+        raise NotImplementedError
+
+    def activate(self, release: str) -> None:
+        self._check(self._op("activate", release), f"switching to release {release}")
+
+    def mark_failed(self, release: str, reason: str) -> None:
+        self._check(self._op("mark-failed", release, reason), "marking a failed release")
+
+    def unit(
+        self, release: str, script: str, action: str, *args: str, timeout: float = 180
+    ) -> Result:
+        """Run a unit's launch script action (start, stop, status, logs) from a release."""
+        return self._op("unit", release, script, action, *args, timeout=timeout)
+
+
+class LinuxOps(HostOps):
+    def _op(self, op: str, *args: str, stdin: bytes | None = None, timeout: float = 120) -> Result:
+        script = resources.files("fleetgate.deploy").joinpath("host.sh").read_text()
+        words = ["bash", "-c", script, "fleetgate-host", op, self.workdir, *args]
+        return self.transport.exec(shlex.join(words), stdin=stdin, timeout=timeout)
+
+    def fetch(self, release: str) -> dict[str, bytes]:
+        result = self._check(self._op("pack", release, timeout=300), f"reading release {release}")
+        return unpack(result.stdout)
+
+    def upload(self, release: str, files: dict[str, bytes]) -> None:
+        self._check(
+            self._op("unpack", release, stdin=pack(files), timeout=300),
+            f"uploading release {release}",
+        )
+
+
+class WindowsOps(HostOps):
+    """PowerShell over ssh; files travel through Windows' own ``tar.exe`` run by cmd.exe.
+
+    Written to the same contract as :class:`LinuxOps` but not tested here (no Windows host).
+    """
+
+    def _op(self, op: str, *args: str, stdin: bytes | None = None, timeout: float = 120) -> Result:
+        body = resources.files("fleetgate.deploy").joinpath("host.ps1").read_text()
+        quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in args)
+        prelude = (
+            f"$Op = '{op}'\n$Workdir = '{self.workdir.replace(chr(39), chr(39) * 2)}'\n"
+            f"$Rest = @({quoted})\n"
+        )
+        encoded = base64.b64encode((prelude + body).encode("utf-16-le")).decode()
+        command = (
+            "powershell -NoProfile -NonInteractive -ExecutionPolicy Bypass "
+            f"-EncodedCommand {encoded}"
+        )
+        return self.transport.exec(command, stdin=stdin, timeout=timeout)
+
+    def _release_dir(self, name: str) -> str:
+        return f"{self.workdir.rstrip('/')}/releases/{name}"
+
+    def fetch(self, release: str) -> dict[str, bytes]:
+        result = self.transport.exec(f'tar -C "{self._release_dir(release)}" -cf - .', timeout=300)
+        return unpack(self._check(result, f"reading release {release}").stdout)
+
+    def upload(self, release: str, files: dict[str, bytes]) -> None:
+        self._check(self._op("prepare", release), "preparing the upload")
+        incoming = self._release_dir(f".incoming-{release}")
+        result = self.transport.exec(f'tar -C "{incoming}" -xf -', stdin=pack(files), timeout=300)
+        self._check(result, f"uploading release {release}")
+        self._check(self._op("commit", release), f"committing release {release}")
+
+
+def host_ops(transport: Transport, os: str, workdir: str) -> HostOps:
+    if os == "windows":
+        if transport.name == "local":
+            raise TransportError("a Windows host is driven over ssh (transport: ssh)")
+        return WindowsOps(transport, os, workdir)
+    return LinuxOps(transport, os, workdir)

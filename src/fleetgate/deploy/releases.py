@@ -1,0 +1,276 @@
+"""Deploy, roll back and back up one host's release, with the health gate in between.
+
+Order of a deploy: upload the new release beside the old one, stop the old units, switch
+``current`` (one rename), start the new units, wait on the gate. If the gate fails, the new
+release is marked failed, ``current`` goes back, and the old units start and pass the gate again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fleetgate.deploy.gate import GateResult, GateTarget, wait_healthy
+from fleetgate.deploy.hostops import RELEASE_META, HostError, HostOps, HostState
+from fleetgate.deploy.transport import TransportError
+
+MANIFEST = "manifest.json"
+LOG_LINES = 30
+Step = Callable[[str], None]
+
+
+@dataclass
+class HostReport:
+    """What happened on one host; ``ok`` is False when anything went wrong."""
+
+    host: str
+    ok: bool = True
+    action: str = ""
+    release: str | None = None
+    previous: str | None = None
+    diff: str = ""
+    backup: Path | None = None
+    messages: list[str] = field(default_factory=list)
+    log_tail: str = ""
+
+
+def release_name(now: datetime | None = None) -> str:
+    """A sortable UTC timestamp, unique to the millisecond."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
+
+
+def _units(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    if MANIFEST not in files:
+        return []
+    return json.loads(files[MANIFEST])["units"]
+
+
+def diff_releases(old: dict[str, bytes], new: dict[str, bytes]) -> str:
+    """A unified diff of two releases' files (release.json, which only names them, left out)."""
+    chunks = []
+    for path in sorted(set(old) | set(new)):
+        if path == RELEASE_META:
+            continue
+        a = old.get(path, b"").decode(errors="replace").splitlines(keepends=True)
+        b = new.get(path, b"").decode(errors="replace").splitlines(keepends=True)
+        if a != b:
+            chunks.extend(
+                difflib.unified_diff(
+                    a,
+                    b,
+                    fromfile=f"host/{path}" if path in old else "/dev/null",
+                    tofile=f"new/{path}" if path in new else "/dev/null",
+                )
+            )
+    return "".join(chunks)
+
+
+def save_backup(backups: Path, host: str, release: str, files: dict[str, bytes]) -> Path:
+    """Copy a release under ``backups/<host>/<timestamp>/``; an existing backup is never touched."""
+    base = backups / host / release_name()
+    target, n = base, 1
+    while True:
+        try:
+            target.mkdir(parents=True)
+            break
+        except FileExistsError:
+            n += 1
+            target = base.with_name(f"{base.name}-{n}")
+    for path, data in files.items():
+        out = target / path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    info = {"host": host, "release": release, "taken_at": datetime.now(UTC).isoformat()}
+    (target / "BACKUP.json").write_text(json.dumps(info, indent=2) + "\n")
+    return target
+
+
+class HostDeployer:
+    """Releases of one host: deploy, rollback, backup."""
+
+    def __init__(
+        self,
+        host: str,
+        ops: HostOps,
+        *,
+        backups: Path,
+        gate_timeout_s: float = 900,
+        step: Step | None = None,
+    ) -> None:
+        self.host = host
+        self.ops = ops
+        self.backups = backups
+        self.gate_timeout_s = gate_timeout_s
+        self.step = step or (lambda _text: None)
+
+    # -- the public verbs -------------------------------------------------------------------
+
+    def deploy(
+        self, files: dict[str, str], *, fleet_file: str, dry_run: bool = False
+    ) -> HostReport:
+        report = HostReport(self.host)
+        try:
+            self._deploy(files, fleet_file, dry_run, report)
+        except (HostError, TransportError) as exc:
+            report.ok = False
+            report.action = report.action or "failed"
+            report.messages.append(str(exc))
+        return report
+
+    def rollback(self, to: str | None = None) -> HostReport:
+        report = HostReport(self.host, action="rollback")
+        try:
+            self.step("reading releases")
+            state = self.ops.state()
+            target = state.release(to) if to else state.previous()
+            if target is None:
+                raise HostError(f"no release {to!r} on the host" if to else "no earlier release")
+            report.previous, report.release = state.current, target.name
+            old_units = self._units_of(state.current)
+            self._switch(state.current, old_units, target.name)
+            new_units = self._units_of(target.name)
+            result = self._start_and_gate(target.name, new_units, report)
+            report.ok = result
+            report.messages.append(
+                f"now on release {target.name}" + ("" if result else " (health gate failed)")
+            )
+        except (HostError, TransportError) as exc:
+            report.ok = False
+            report.messages.append(str(exc))
+        return report
+
+    def backup(self) -> HostReport:
+        report = HostReport(self.host, action="backup")
+        try:
+            self.step("reading releases")
+            state = self.ops.state()
+            if state.current is None:
+                report.messages.append("no release in service: nothing to back up")
+                return report
+            self.step(f"copying release {state.current}")
+            files = self.ops.fetch(state.current)
+            report.release = state.current
+            report.backup = save_backup(self.backups, self.host, state.current, files)
+            report.messages.append(f"release {state.current} saved to {report.backup}")
+        except (HostError, TransportError) as exc:
+            report.ok = False
+            report.messages.append(str(exc))
+        return report
+
+    def releases(self) -> HostState:
+        return self.ops.state()
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def _deploy(
+        self, rendered: dict[str, str], fleet_file: str, dry_run: bool, report: HostReport
+    ) -> None:
+        new = {path: text.encode() for path, text in rendered.items()}
+        self.step("reading releases")
+        state = self.ops.state()
+        report.previous = state.current
+        old = self.ops.fetch(state.current) if state.current else {}
+        report.diff = diff_releases(old, new)
+        if dry_run:
+            report.action = "dry run"
+            report.messages.append(
+                "no changes" if not report.diff else f"would replace release {state.current}"
+            )
+            return
+        if state.current and not report.diff:
+            report.action = "unchanged"
+            report.release = state.current
+            self.step("unchanged: making sure it runs")
+            report.ok = self._start_and_gate(state.current, _units(old), report)
+            return
+        if state.current:
+            self.step(f"backing up release {state.current}")
+            report.backup = save_backup(self.backups, self.host, state.current, old)
+        name = release_name()
+        while state.release(name):
+            time.sleep(0.002)
+            name = release_name()
+        meta = {
+            "release": name,
+            "host": self.host,
+            "fleet_file": fleet_file,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "previous": state.current,
+        }
+        meta.update({k: json.loads(new[MANIFEST]).get(k) for k in ("fleet", "settings_sha256")})
+        new[RELEASE_META] = (json.dumps(meta, sort_keys=True) + "\n").encode()
+        self.step(f"uploading release {name}")
+        self.ops.upload(name, new)
+        report.release = name
+        self._switch(state.current, _units(old), name)
+        if self._start_and_gate(name, _units(new), report):
+            report.action = "deployed"
+            return
+        report.ok = False
+        report.action = "rolled back" if state.current else "failed"
+        self.ops.mark_failed(name, "; ".join(report.messages))
+        for unit in _units(new):
+            self.ops.unit(name, unit["script"], "stop")
+        if state.current is None:
+            report.messages.append("no earlier release to roll back to")
+            return
+        self.step(f"rolling back to {state.current}")
+        self.ops.activate(state.current)
+        rollback = HostReport(self.host)
+        back = self._start_and_gate(state.current, _units(old), rollback)
+        report.messages.append(
+            f"rolled back to release {state.current}: "
+            + ("healthy again" if back else "its health gate failed too")
+        )
+        report.messages.extend(rollback.messages)
+
+    def _units_of(self, release: str | None) -> list[dict[str, Any]]:
+        if release is None:
+            return []
+        return _units(self.ops.fetch(release))
+
+    def _switch(self, old: str | None, old_units: list[dict[str, Any]], new: str) -> None:
+        for unit in old_units:
+            self.step(f"stopping {unit['name']} ({old})")
+            assert old is not None
+            result = self.ops.unit(old, unit["script"], "stop")
+            if result.rc != 0:
+                raise HostError(f"stopping {unit['name']} failed: {result.error}")
+        self.step(f"switching to release {new}")
+        self.ops.activate(new)
+
+    def _start_and_gate(
+        self, release: str, units: list[dict[str, Any]], report: HostReport
+    ) -> bool:
+        ok = True
+        for unit in units:
+            self.step(f"starting {unit['name']}")
+            started = self.ops.unit(release, unit["script"], "start")
+            if started.rc != 0:
+                report.messages.append(f"{unit['name']}: start failed: {started.error}")
+                ok = False
+                continue
+        for unit in units:
+            self.step(f"health gate: {unit['name']}")
+            result = self._gate(release, unit)
+            report.messages.append(f"{unit['name']} ({release}): {result.detail}")
+            if not result.ok:
+                ok = False
+                logs = self.ops.unit(release, unit["script"], "logs", str(LOG_LINES))
+                report.log_tail += f"--- last lines of {unit['name']}'s log ---\n{logs.text}"
+        return ok
+
+    def _gate(self, release: str, unit: dict[str, Any]) -> GateResult:
+        def alive() -> bool:
+            return self.ops.unit(release, unit["script"], "status", timeout=60).rc == 0
+
+        return wait_healthy(
+            GateTarget.from_manifest(unit), timeout_s=self.gate_timeout_s, alive=alive, poll_s=3
+        )
