@@ -1,0 +1,54 @@
+"""``fleetgate render``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fleetgate.cli.app import app, console, err_console
+from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.render import RenderError, render_host, render_litellm, source_of
+from fleetgate.spec import check_fleet
+
+
+@app.command()
+def render(
+    fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
+    out: Path = typer.Option(Path("rendered"), "--out", help="directory to write into"),
+    host: list[str] = typer.Option([], "--host", help="only this host (repeatable)"),
+) -> None:
+    """Write every host's launch artifacts and the LiteLLM config export.
+
+    OUT/<host>/ holds what deploy would install there; OUT/litellm.config.yaml the routes as a
+    LiteLLM proxy config. Same fleet file, byte-identical output; no secret is ever written.
+    """
+    try:
+        source = source_of(load_or_exit(fleet, strict_env=False))
+    except RenderError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    errors = [p for p in check_fleet(source.fleet) if p.level == "error"]
+    if errors:
+        print_problems(errors, str(fleet))
+        raise typer.Exit(1)
+    unknown = [h for h in host if h not in source.fleet.hosts]
+    if unknown:
+        err_console.print(f"[red]error:[/] no host named {', '.join(unknown)} in {fleet}")
+        raise typer.Exit(2)
+    written: dict[Path, str] = {}
+    try:
+        for name in host or list(source.fleet.hosts):
+            for path, text in render_host(source, name).items():
+                written[out / name / path] = text
+        if source.fleet.gateway is not None and not host:
+            written[out / "litellm.config.yaml"] = render_litellm(source)
+    except RenderError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    for path, text in written.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="\n")
+        if path.suffix == ".sh":
+            path.chmod(0o755)
+    console.print(f"wrote {len(written)} files under {out}/")
