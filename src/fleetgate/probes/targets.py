@@ -63,25 +63,43 @@ def _int(card: dict[str, Any], *names: str) -> int | None:
 
 
 def models_from_listing(body: Any) -> list[ModelUnderTest]:
-    """Parse a ``/v1/models`` answer (the gateway's, or a bare vLLM's)."""
+    """Parse a ``/v1/models`` answer (the gateway's, or a bare vLLM's).
+
+    A card whose ``root`` names another card is a profile or an alias; one with the same
+    limits as a card already listed for that root adds nothing to test and is dropped.
+    """
     cards = body.get("data", []) if isinstance(body, dict) else []
-    out = []
+    ids = {c.get("id") for c in cards if isinstance(c, dict)}
+    out: list[ModelUnderTest] = []
+    seen: set[tuple[object, ...]] = set()
     for card in cards:
         if not isinstance(card, dict) or not isinstance(card.get("id"), str):
             continue
         limits = card.get("limits") if isinstance(card.get("limits"), dict) else {}
-        kind = card.get("kind") or limits.get("kind") or "route"
-        clamp = card.get("clamp_max_tokens") or limits.get("clamp_max_tokens")
-        out.append(
-            ModelUnderTest(
-                name=card["id"],
-                kind=str(kind),
-                max_input_tokens=_int(card, "max_input_tokens"),
-                max_output_tokens=_int(card, "max_output_tokens"),
-                max_model_len=_int(card, "max_model_len"),
-                clamp_max_tokens=bool(clamp),
-            )
+        root = card.get("root")
+        kind = card.get("kind") or (
+            "profile" if isinstance(root, str) and root != card["id"] and root in ids else "route"
         )
+        clamp = card.get("clamp_max_tokens") or limits.get("clamp_max_tokens")
+        model = ModelUnderTest(
+            name=card["id"],
+            kind=str(kind),
+            max_input_tokens=_int(card, "max_input_tokens"),
+            max_output_tokens=_int(card, "max_output_tokens"),
+            max_model_len=_int(card, "max_model_len"),
+            clamp_max_tokens=bool(clamp),
+        )
+        same = (
+            root if kind != "route" else card["id"],
+            model.max_input_tokens,
+            model.max_output_tokens,
+            model.max_model_len,
+            model.clamp_max_tokens,
+        )
+        if same in seen:
+            continue
+        seen.add(same)
+        out.append(model)
     return out
 
 

@@ -1,0 +1,94 @@
+"""``fleetgate up``: the whole fleet on this machine, simulated backends behind the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fleetgate.cli.app import app, console, err_console
+from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.local import RunningFleet, local_fleet
+from fleetgate.spec import FleetError, public_models
+
+
+class BackendKind(StrEnum):
+    sim = "sim"
+    vllm = "vllm"
+
+
+def routes_table(running: RunningFleet) -> Table:
+    """Each public name with its backends and the limits the gateway enforces."""
+    table = Table(title=f"fleet {running.fleet.name} at {running.gateway_url}")
+    for col in ("model", "kind", "backend", "max_model_len", "input", "output", "conc", "queue"):
+        table.add_column(col, justify="left" if col in ("model", "kind", "backend") else "right")
+    for pm in public_models(running.fleet).values():
+        backs = [running.backends[d] for d in pm.deployments]
+        lim = pm.limits
+        table.add_row(
+            pm.name,
+            pm.kind,
+            ", ".join(f"{b.deployment} ({b.kind} :{b.port})" for b in backs),
+            str(min(b.max_model_len for b in backs)),
+            str(lim.max_input_tokens or "–"),
+            str(lim.max_output_tokens or "–"),
+            str(lim.concurrency or "–"),
+            f"{lim.queue_depth} / {lim.queue_wait_s:g} s",
+        )
+    return table
+
+
+def announce(running: RunningFleet) -> None:
+    console.print(routes_table(running))
+    console.print(f"gateway: [bold]{running.gateway_url}[/]  (OpenAI API at /v1)")
+    generated = running.local.generated_keys
+    for name, key in generated.items():
+        console.print(
+            f"[yellow]API key {name!r} was not set in the environment; for this session it is:[/]"
+            f"\n  export FLEETGATE_API_KEY={key}"
+        )
+    if running.api_key is None:
+        console.print("[yellow]no API key configured: the gateway is open[/]")
+    console.print("Ctrl-C stops everything.")
+
+
+@app.command()
+def up(
+    fleet: Path = typer.Argument(..., help="the fleet file"),
+    port: int | None = typer.Option(None, help="gateway port (default: the fleet file's)"),
+    backend: BackendKind = typer.Option(BackendKind.sim, help="sim, or real vllm processes"),
+    speed: float = typer.Option(1.0, min=0.01, help="simulated GPU speed factor"),
+) -> None:
+    """Bring the whole fleet up on this machine, until Ctrl-C or SIGTERM.
+
+    One backend per deployment on a free loopback port (the simulator with the deployment's
+    settings, the planner's KV capacity and a GPU-like speed; or, with --backend vllm, a real
+    vLLM process for deployments that give model_path), and the gateway in front of them.
+    An API key whose ${VAR} is unset gets a random key for the session, printed at start.
+    """
+    loaded = load_or_exit(fleet, strict_env=False)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with local_fleet(
+            loaded.fleet, gateway_port=port, backend=backend.value, speed=speed
+        ) as running:
+            announce(running)
+            await stop.wait()
+            console.print("stopping ...")
+
+    try:
+        asyncio.run(main())
+    except FleetError as exc:
+        print_problems(exc.problems, str(fleet))
+        raise typer.Exit(1) from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None

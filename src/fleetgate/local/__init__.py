@@ -1,0 +1,15 @@
+"""A fleet on this machine: simulated (or real vLLM) backends behind a real gateway."""
+
+from fleetgate.local.backends import Backend, sim_config
+from fleetgate.local.fleet import RunningFleet, local_fleet
+from fleetgate.local.localize import LocalFleet, free_port, localize
+
+__all__ = [
+    "Backend",
+    "LocalFleet",
+    "RunningFleet",
+    "free_port",
+    "local_fleet",
+    "localize",
+    "sim_config",
+]

@@ -1,0 +1,72 @@
+"""Bring a whole fleet up on this machine: its backends first, then the gateway in front."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetgate.gateway import serve
+from fleetgate.local.backends import Backend, sim_backend, vllm_backend
+from fleetgate.local.localize import LOOPBACK, LocalFleet, free_port, localize
+from fleetgate.spec import Fleet, FleetError, check_fleet
+
+
+@dataclass(frozen=True)
+class RunningFleet:
+    """A local fleet that is up: the rewritten fleet, its backends, the gateway's URL."""
+
+    local: LocalFleet
+    backends: dict[str, Backend]
+    gateway_url: str
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.local.fleet
+
+    @property
+    def api_key(self) -> str | None:
+        return self.local.api_key
+
+
+@contextlib.asynccontextmanager
+async def local_fleet(
+    fleet: Fleet,
+    *,
+    gateway_port: int | None = None,
+    backend: str = "sim",
+    speed: float = 1.0,
+    log_dir: Path | None = None,
+) -> AsyncIterator[RunningFleet]:
+    """Run ``fleet`` locally until the block ends; everything started is stopped on exit.
+
+    ``gateway_port``: None keeps the fleet file's port, 0 picks a free one. ``backend`` is
+    ``sim`` (the simulator) or ``vllm`` (real vLLM processes; deployments need ``model_path``).
+    """
+    errors = [p for p in check_fleet(fleet) if p.level == "error"]
+    if errors:
+        raise FleetError(None, errors)
+    if backend not in ("sim", "vllm"):
+        raise ValueError(f"backend must be sim or vllm, not {backend!r}")
+    async with contextlib.AsyncExitStack() as stack:
+        backends: dict[str, Backend] = {}
+        if backend == "vllm" and log_dir is None:
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetgate-")))
+        for name in fleet.deployments:
+            if backend == "sim":
+                started = sim_backend(fleet, name, speed=speed)
+            else:
+                assert log_dir is not None
+                started = vllm_backend(fleet, name, port=free_port(), log_dir=log_dir)
+            backends[name] = await stack.enter_async_context(started)
+        local = localize(
+            fleet,
+            gateway_port=gateway_port,
+            ports={name: b.port for name, b in backends.items()},
+        )
+        gateway = await stack.enter_async_context(
+            serve(local.fleet, host=LOOPBACK, port=local.gateway_port)
+        )
+        yield RunningFleet(local, backends, gateway.url)
