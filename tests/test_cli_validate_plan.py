@@ -90,12 +90,6 @@ def test_validate_reference_fleet_is_valid_with_warnings() -> None:
     assert "error" not in out.replace("0 error", "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the planner says armitage's previous settings (Qwen2.5-7B AWQ, 4096, util 0.85, "
-    "vLLM's default 256 seqs) leave no KV cache on 8 GiB, yet DESIGN.md has them as the "
-    "state that ran before: the planner or the example is wrong (for the lead)",
-)
 def test_validate_before_fleet_is_valid() -> None:
     result = invoke("validate", str(EXAMPLE.with_name("fleet.before.yaml")), env=ENV)
     assert result.exit_code == 0, result.output
@@ -305,11 +299,6 @@ def test_plan_ad_hoc_that_does_not_fit_exits_1() -> None:
     assert "largest that fits 0" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/plan.py puts the verdict at the end of the rule title, which rich truncates "
-    "at 80 columns when the model id is long: 'on RT… ─' (for the lead)",
-)
 def test_plan_verdict_survives_a_long_model_id() -> None:
     result = invoke(
         "plan", "--model", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "RTX 3060 12GB"

@@ -113,11 +113,6 @@ def test_legend_lists_every_segment_in_gib() -> None:
         assert f"{label} {value}" in legend
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory_bar hands the spare cells out one per segment: with every value zero "
-    "(no real plan has that) only 5 of the cells are drawn",
-)
 def test_all_zero_plan_still_draws_a_full_bar() -> None:
     plan = make_plan(
         gpu_memory_gib=0.0,

@@ -122,7 +122,8 @@ def plan(
 
 def _print_plan(p: DeploymentPlan) -> None:
     verdict = "[green]fits[/]" if p.fits else "[red]does NOT fit[/]"
-    console.rule(f"[bold]{p.name}[/] — {p.model} on {p.gpu} ({p.gpu_memory_gib:.2f} GiB) {verdict}")
+    console.rule(f"{verdict}: [bold]{p.name}[/]", align="left")
+    console.print(f"{p.model} on {p.gpu} ({p.gpu_memory_gib:.2f} GiB)", highlight=False)
     console.print(memory_bar(p))
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")

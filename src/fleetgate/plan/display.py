@@ -10,7 +10,7 @@ SEGMENTS = (
     ("weights", "weights_gib", "magenta", "█"),
     ("activation", "activation_gib", "yellow", "▓"),
     ("overhead", "overhead_gib", "red", "▒"),
-    ("KV cache", "available_kv_gib", "green", "█"),
+    ("KV cache", "available_kv_gib", "green", "▆"),
     ("headroom", "headroom_gib", "bright_black", "░"),
 )
 
@@ -22,7 +22,9 @@ def memory_bar(plan: DeploymentPlan, width: int = 60) -> Text:
     ``width``; a negative KV share (does not fit) draws as an empty segment.
     """
     values = [max(0.0, float(getattr(plan, attr))) for _, attr, _, _ in SEGMENTS]
-    total = sum(values) or 1.0
+    total = sum(values)
+    if total <= 0:  # nothing known: all headroom
+        values[-1], total = 1.0, 1.0
     exact = [v / total * width for v in values]
     cells = [int(e) for e in exact]
     by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - cells[i], reverse=True)
