@@ -1,0 +1,77 @@
+# Rendered by fleetgate from examples/homelab/fleet.yaml (deployment armitage); settings sha256:f3a4423d4f95f4fc.
+# Do not edit: change the fleet file and render again.
+# Runs vLLM deployment armitage in Docker Desktop (vllm/vllm-openai:v0.32.0) on an NVIDIA GPU (Windows).
+# Usage: powershell -NoProfile -ExecutionPolicy Bypass -File Start-VLLM.ps1 [start|stop|restart|status|logs] [-Lines N]
+# HF_TOKEN and other secrets come from the environment or from C:/fleetgate\env (KEY=value lines).
+param(
+    [ValidateSet('start', 'stop', 'restart', 'status', 'logs')]
+    [string]$Action = 'start',
+    [int]$Lines = 100
+)
+
+$Name = 'armitage'
+$Container = 'fleetgate-armitage'
+$Image = 'vllm/vllm-openai:v0.32.0'
+$StateDir = 'C:/fleetgate'
+$HfCache = (Join-Path $env:USERPROFILE '.cache\huggingface')
+$VllmArgs = @(
+    'Qwen/Qwen2.5-7B-Instruct-AWQ',
+    '--served-model-name', 'qwen2.5-7b-armitage',
+    '--port', '8000',
+    '--max-model-len', '8192',
+    '--max-num-seqs', '1',
+    '--gpu-memory-utilization', '0.9',
+    '--kv-cache-dtype', 'fp8'
+)
+
+function Import-EnvFile {
+    $file = Join-Path $StateDir 'env'
+    if (Test-Path $file) {
+        foreach ($line in Get-Content $file) {
+            if ($line -match '^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$') {
+                Set-Item -Path "env:$($Matches[1])" -Value $Matches[2]
+            }
+        }
+    }
+}
+
+function Get-DockerArgs {
+    $dockerArgs = @(
+        '--gpus', 'all',
+        '--ipc=host',
+        '-p', '8000:8000',
+        '-v', ($HfCache + ':/root/.cache/huggingface'),
+        '-e', 'HF_TOKEN'
+    )
+    return $dockerArgs
+}
+
+function Start-Vllm {
+    Import-EnvFile
+    docker rm -f $Container 2>&1 | Out-Null
+    $dockerArgs = Get-DockerArgs
+    docker run -d --name $Container --restart unless-stopped @dockerArgs $Image @VllmArgs
+    if ($LASTEXITCODE -ne 0) { throw "docker run failed with exit code $LASTEXITCODE" }
+    Write-Output "$Name started in container $Container"
+}
+
+function Stop-Vllm {
+    docker stop -t 30 $Container 2>&1 | Out-Null
+    docker rm -f $Container 2>&1 | Out-Null
+    Write-Output "$Name stopped"
+}
+
+function Get-VllmStatus {
+    $state = docker inspect -f '{{.State.Status}}' $Container 2>$null
+    if (-not $state) { $state = 'absent' }
+    Write-Output "${Name}: container $Container is $state"
+    if ($state -ne 'running') { exit 3 }
+}
+
+switch ($Action) {
+    'start' { Start-Vllm }
+    'stop' { Stop-Vllm }
+    'restart' { Stop-Vllm; Start-Vllm }
+    'status' { Get-VllmStatus }
+    'logs' { docker logs --tail $Lines $Container 2>&1 }
+}

@@ -1,0 +1,254 @@
+"""Rendered artifacts: goldens for the reference fleet, determinism, no secrets, and each file
+checked by its own language's tool (bash -n, shellcheck, YAML, systemd-analyze verify).
+
+Regenerate the goldens after an intended change with FLEETGATE_UPDATE_GOLDEN=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleetgate.render import (
+    RenderError,
+    render_host,
+    render_litellm,
+    source_of,
+    vllm_command,
+    words,
+)
+from fleetgate.spec import load_fleet, parse_fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden" / "homelab"
+FLEET = "examples/homelab/fleet.yaml"
+
+
+def _render_all(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(ROOT)
+    source = source_of(load_fleet(FLEET, strict_env=False))
+    files = {f"{h}/{p}": t for h in source.fleet.hosts for p, t in render_host(source, h).items()}
+    files["litellm.config.yaml"] = render_litellm(source)
+    return files
+
+
+def test_reference_fleet_matches_goldens(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = _render_all(monkeypatch)
+    if os.environ.get("FLEETGATE_UPDATE_GOLDEN"):
+        shutil.rmtree(GOLDEN, ignore_errors=True)
+        for path, text in files.items():
+            (GOLDEN / path).parent.mkdir(parents=True, exist_ok=True)
+            (GOLDEN / path).write_text(text, newline="\n")
+    on_disk = {
+        p.relative_to(GOLDEN).as_posix(): p.read_text() for p in GOLDEN.rglob("*") if p.is_file()
+    }
+    assert sorted(on_disk) == sorted(files)
+    for path, text in files.items():
+        assert text == on_disk[path], f"{path} differs from its golden"
+
+
+def test_output_is_deterministic_and_never_holds_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETGATE_API_KEY", "sk-very-secret-key-123")
+    monkeypatch.setenv("FLEETGATE_ADMIN_KEY", "admin-very-secret-456")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_789")
+    first = _render_all(monkeypatch)
+    assert first == _render_all(monkeypatch)
+    text = "\n".join(first.values())
+    for secret in ("sk-very-secret-key-123", "admin-very-secret-456", "hf_secret_token_789"):
+        assert secret not in text
+    assert "${FLEETGATE_API_KEY}" in first["motoko/gateway/fleet.yaml"]
+    assert "os.environ/FLEETGATE_API_KEY" in first["litellm.config.yaml"]
+
+
+def test_every_file_names_its_fleet_file_and_settings_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    for path, text in _render_all(monkeypatch).items():
+        if path.endswith("manifest.json"):
+            assert '"settings_sha256"' in text and FLEET in text
+        else:
+            assert f"Rendered by fleetgate from {FLEET}" in text, path
+            assert "settings sha256:" in text, path
+
+
+def test_a_changed_setting_changes_only_its_deployments_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = _render_all(monkeypatch)
+    text = (ROOT / FLEET).read_text().replace("max_model_len: 8192", "max_model_len: 6144")
+    source = source_of(parse_fleet(text, file=FLEET, strict_env=False))
+    after = render_host(source, "armitage")
+    assert after["armitage/start-vllm.sh"] != before["armitage/armitage/start-vllm.sh"]
+    assert "--max-model-len 6144" in after["armitage/start-vllm.sh"]
+    assert (
+        render_host(source, "wintermute")["wintermute/start-vllm.sh"]
+        == (before["wintermute/wintermute/start-vllm.sh"])
+    )
+
+
+def test_literal_secret_is_refused() -> None:
+    text = (ROOT / FLEET).read_text().replace("${FLEETGATE_API_KEY}", "sk-literal-key-0000")
+    with pytest.raises(RenderError, match=r"gateway.api_keys.owner.key"):
+        source_of(parse_fleet(text, file=FLEET, strict_env=False))
+
+
+def test_bash_scripts_parse_and_pass_shellcheck(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scripts = {p: t for p, t in _render_all(monkeypatch).items() if p.endswith(".sh")}
+    scripts["process/start-vllm.sh"] = _process_files()["start-vllm.sh"]
+    assert len(scripts) >= 4
+    for path, text in scripts.items():
+        file = tmp_path / path.replace("/", "_")
+        file.write_text(text)
+        checked = subprocess.run(["bash", "-n", str(file)], capture_output=True, text=True)
+        assert checked.returncode == 0, f"{path}: {checked.stderr}"
+        if shutil.which("shellcheck"):
+            lint = subprocess.run(
+                ["shellcheck", "-s", "bash", str(file)], capture_output=True, text=True
+            )
+            assert lint.returncode == 0, f"{path}:\n{lint.stdout}"
+
+
+def test_yaml_files_parse_back_to_the_fleets_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = _render_all(monkeypatch)
+    compose = yaml.safe_load(files["wintermute/wintermute/compose.yaml"])
+    service = compose["services"]["vllm-wintermute"]
+    assert service["image"] == "vllm/vllm-openai:v0.32.0"
+    assert service["ipc"] == "host"
+    command = service["command"]
+    assert command[command.index("--max-model-len") + 1] == "16384"
+    assert command[command.index("--kv-cache-dtype") + 1] == "fp8"
+    assert "--quantization" not in command  # AWQ is detected by vLLM (Marlin kernel)
+
+    gateway = yaml.safe_load(files["motoko/gateway/fleet.yaml"])
+    assert gateway == yaml.safe_load((ROOT / FLEET).read_text())
+
+    litellm = yaml.safe_load(files["litellm.config.yaml"])
+    entries = {m["model_name"]: m for m in litellm["model_list"]}
+    assert set(entries) == {
+        "llama31-8b-wintermute",
+        "llama31-8b-wintermute-burst",
+        "qwen2.5-7b-armitage",
+    }
+    qwen = entries["qwen2.5-7b-armitage"]
+    assert qwen["litellm_params"]["rpm"] == 40
+    assert qwen["litellm_params"]["tpm"] == 80000
+    assert qwen["litellm_params"]["max_parallel_requests"] == 1
+    assert qwen["model_info"]["max_input_tokens"] == 7000
+    assert qwen["model_info"]["max_output_tokens"] == 768
+    assert litellm["router_settings"]["enable_pre_call_checks"] is True
+    assert litellm["router_settings"]["num_retries"] == 2
+    assert litellm["router_settings"]["model_group_alias"] == {
+        "llama": "llama31-8b-wintermute",
+        "qwen": "qwen2.5-7b-armitage",
+    }
+
+
+def _process_fleet() -> str:
+    return """
+version: 1
+name: cpu
+hosts:
+  box: {address: 127.0.0.1, transport: local, workdir: /srv/fleetgate}
+deployments:
+  tiny:
+    host: box
+    port: 8123
+    model: tiny
+    model_path: /srv/models/tiny model
+    max_model_len: 2048
+    max_num_seqs: 2
+    runtime: process
+    python: /usr/bin/python3
+    env: {VLLM_CPU_KVCACHE_SPACE: "1", HF_TOKEN: "${HF_TOKEN}"}
+    extra_args: ["--chat-template", "{% raw %}100% ${HOME}"]
+"""
+
+
+def _process_files() -> dict[str, str]:
+    source = source_of(parse_fleet(_process_fleet(), file="cpu.yaml", env={}, strict_env=False))
+    return {p.split("/", 1)[1]: t for p, t in render_host(source, "box").items() if "/" in p}
+
+
+def test_systemd_units_verify(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    units = {
+        "fleetgate-tiny.service": _process_files()["vllm.service"],
+        "fleetgate-gateway.service": _render_all(monkeypatch)[
+            "motoko/gateway/fleetgate-gateway.service"
+        ],
+    }
+    for name, text in units.items():
+        file = tmp_path / name
+        # User= must exist here for verify to accept the unit
+        file.write_text(text.replace("User=ops\n", "User=root\n"))
+        result = subprocess.run([analyze, "verify", str(file)], capture_output=True, text=True)
+        problems = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if name in line or "Command" in line or "Failed" in line
+        ]
+        assert result.returncode == 0 and not problems, f"{name}:\n{result.stdout}{result.stderr}"
+
+
+def test_process_script_runs_exactly_the_vllm_command(tmp_path: Path) -> None:
+    """The bash quoting round-trips: the script's `run` execs the argv vllm_command gave."""
+    source = source_of(parse_fleet(_process_fleet(), file="cpu.yaml", env={}, strict_env=False))
+    script = render_host(source, "box")["tiny/start-vllm.sh"]
+    echo = tmp_path / "argv.py"
+    echo.write_text(
+        "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['HF_TOKEN']]))"
+    )
+    script = script.replace(
+        "exec /usr/bin/python3 \\\n    -m vllm.entrypoints.openai.api_server",
+        f"exec python3 {echo}",
+    )
+    (tmp_path / "s.sh").write_text(script)
+    env = {**os.environ, "HF_TOKEN": "from-the-env", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        ["bash", str(tmp_path / "s.sh"), "run"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+
+    argv, token = json.loads(out.stdout)
+    expected = [
+        a.replace("${HOME}", str(tmp_path))
+        for a in vllm_command(source.fleet, "tiny").api_server_args()
+    ]
+    assert argv == expected
+    assert "--chat-template" in argv and argv[-1] == "{% raw %}100% " + str(tmp_path)
+    assert "/srv/models/tiny model" in argv
+    assert token == "from-the-env"
+
+
+@pytest.mark.parametrize(
+    "word",
+    ["plain", "with space", "it's", 'dq"x', "$dollar", "back\\slash", "", "a${HOME}b", "%p"],
+)
+def test_bash_word_round_trips(word: str, tmp_path: Path) -> None:
+    expected = word.replace("${HOME}", str(tmp_path))
+    out = subprocess.run(
+        ["bash", "-c", f"printf %s {words.sh(word)}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert out.stdout == expected
+
+
+def test_vllm_flags_follow_the_spec() -> None:
+    source = source_of(parse_fleet(_process_fleet(), file="cpu.yaml", env={}, strict_env=False))
+    command = vllm_command(source.fleet, "tiny")
+    flags = list(command.flags)
+    assert flags[flags.index("--host") + 1] == "127.0.0.1"
+    assert flags[flags.index("--port") + 1] == "8123"
+    assert flags[flags.index("--max-model-len") + 1] == "2048"
+    assert "--kv-cache-dtype" not in flags  # auto is vLLM's default
+    assert command.model == "/srv/models/tiny model"
