@@ -1,0 +1,532 @@
+"""The HTTP side of the simulator: vLLM 0.32's OpenAI-compatible routes on aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from fleetgate.sim import errors
+from fleetgate.sim.config import Faults, SimConfig
+from fleetgate.sim.engine import Engine, Output, Sequence
+from fleetgate.sim.metrics import CONTENT_TYPE, SimMetrics
+from fleetgate.sim.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
+from fleetgate.sim.tokenizer import ReplyText, SimTokenizer
+
+VLLM_VERSION = "0.32.0"
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+Model = TypeVar("Model", bound=BaseModel)
+
+
+@dataclass
+class SimState:
+    """Everything the routes share: the config, the engine, the tokenizer and the metrics."""
+
+    config: SimConfig
+    engine: Engine
+    metrics: SimMetrics
+    tokenizer: SimTokenizer = field(default_factory=SimTokenizer)
+    created: int = field(default_factory=lambda: int(time.time()))
+    fingerprint: str = field(default_factory=lambda: f"vllm-{VLLM_VERSION}-{secrets.token_hex(4)}")
+    on_faults: Callable[[Faults], None] | None = None
+
+    @property
+    def faults(self) -> Faults:
+        return self.engine.faults
+
+
+STATE = web.AppKey("state", SimState)
+
+
+def make_app(state: SimState) -> web.Application:
+    app = web.Application(middlewares=[_api_errors], client_max_size=64 * 1024**2)
+    app[STATE] = state
+    app.router.add_get("/health", health)
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/admin/faults", get_faults)
+    app.router.add_post("/admin/faults", post_faults)
+    return app
+
+
+@web.middleware
+async def _api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.ApiError as exc:
+        return exc.response()
+
+
+# -- small routes -----------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    dead = request.app[STATE].faults.mode == "dead"
+    return web.Response(status=503 if dead else 200)
+
+
+async def version(request: web.Request) -> web.Response:
+    return _json({"version": VLLM_VERSION})
+
+
+async def models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = state.config.model
+    card = {
+        "id": name,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "vllm",
+        "root": name,
+        "parent": None,
+        "max_model_len": state.config.max_model_len,
+        "permission": [
+            {
+                "id": f"modelperm-{secrets.token_hex(8)}",
+                "object": "model_permission",
+                "created": int(time.time()),
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ],
+    }
+    return _json({"object": "list", "data": [card]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    engine = state.engine
+    state.metrics.set_load(len(engine.running), len(engine.waiting), engine.kv_usage)
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await _json_body(request)
+    tok = state.tokenizer
+    if "messages" in body:
+        chat = _validate(TokenizeChatRequest, body)
+        _check_model(state, chat.model)
+        ids = tok.apply_chat_template(
+            chat.messages, add_generation_prompt=chat.add_generation_prompt
+        )
+        strs = chat.return_token_strs
+    elif "prompt" in body:
+        plain = _validate(TokenizeCompletionRequest, body)
+        _check_model(state, plain.model)
+        ids = tok.encode(plain.prompt, add_bos=plain.add_special_tokens)
+        strs = plain.return_token_strs
+    else:
+        raise errors.missing_fields(["prompt", "messages"], body)
+    return _json(
+        {
+            "count": len(ids),
+            "max_model_len": state.config.max_model_len,
+            "tokens": ids,
+            "token_strs": tok.token_strs(ids) if strs else None,
+        }
+    )
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    req = _validate(DetokenizeRequest, await _json_body(request))
+    _check_model(state, req.model)
+    return _json({"prompt": state.tokenizer.decode(req.tokens)})
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    f = request.app[STATE].faults
+    return _json({"mode": f.mode, "error_rate": f.error_rate, "slow_factor": f.slow_factor})
+
+
+async def post_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await _json_body(request)
+    current = state.faults
+    try:
+        faults = Faults(
+            mode=body.get("mode", current.mode),
+            error_rate=float(body.get("error_rate", current.error_rate)),
+            slow_factor=float(body.get("slow_factor", current.slow_factor)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise errors.ApiError(400, str(exc)) from None
+    if state.on_faults is not None:
+        state.on_faults(faults)
+    else:
+        state.engine.set_faults(faults)
+    return await get_faults(request)
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    req = _validate(ChatRequest, await _json_body(request))
+    _check_stream_options(req.stream, req.stream_options)
+    _check_model(state, req.model)
+    if not req.messages:
+        raise errors.ApiError(
+            400,
+            "Cannot apply chat template to an empty conversation. Provide at least one message.",
+        )
+    ids = state.tokenizer.apply_chat_template(
+        req.messages, add_generation_prompt=req.add_generation_prompt
+    )
+    max_tokens = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
+    return await _generate(request, state, "chat", ids, max_tokens, req)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    req = _validate(CompletionRequest, await _json_body(request))
+    _check_stream_options(req.stream, req.stream_options)
+    _check_model(state, req.model)
+    prompt: Any = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) > 1:
+            raise errors.ApiError(
+                400, "The simulator takes one prompt per request.", param="prompt"
+            )
+        prompt = prompt[0]
+    if not prompt:
+        raise errors.bad_param(
+            "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+        )
+    ids = state.tokenizer.encode(prompt, add_bos=True) if isinstance(prompt, str) else list(prompt)
+    return await _generate(request, state, "completion", ids, req.max_tokens, req)
+
+
+def _admit(
+    state: SimState, ids: list[int], max_tokens: int | None, req: ChatRequest | CompletionRequest
+) -> int:
+    """vLLM's checks, in vLLM's order; returns the effective max_tokens."""
+    limit = state.config.max_model_len
+    if max_tokens is not None and max_tokens > limit:
+        raise errors.max_tokens_over_len(max_tokens, limit)
+    if len(ids) > limit:
+        raise errors.prompt_too_long(limit)
+    if req.n is not None and req.n < 1:
+        raise errors.ApiError(400, f"n must be at least 1, got {req.n}.")
+    if req.temperature is not None:
+        if req.temperature < 0:
+            raise errors.bad_param(
+                f"temperature must be non-negative, got {req.temperature}.",
+                "temperature",
+                req.temperature,
+            )
+        if req.temperature > 2:
+            raise errors.bad_param(
+                f"temperature must be in [0, 2], got {req.temperature}.",
+                "temperature",
+                req.temperature,
+            )
+    room = limit - len(ids)
+    effective = room if max_tokens is None else min(max_tokens, room)
+    if effective < 1:
+        raise errors.max_tokens_too_small(effective)
+    if req.n is not None and req.n > 1:
+        raise errors.ApiError(400, f"The simulator supports n=1 only, got n={req.n}.", param="n")
+    if state.faults.mode == "dead" or state.engine.roll_error():
+        raise errors.engine_dead()
+    return effective
+
+
+async def _generate(
+    request: web.Request,
+    state: SimState,
+    kind: str,
+    ids: list[int],
+    max_tokens: int | None,
+    req: ChatRequest | CompletionRequest,
+) -> web.StreamResponse:
+    effective = _admit(state, ids, max_tokens, req)
+    reply = ReplyText(state.tokenizer, state.config.seed if req.seed is None else req.seed, ids)
+    stops = (req.stop,) if isinstance(req.stop, str) else tuple(s for s in req.stop or () if s)
+    outputs: asyncio.Queue[Output] = asyncio.Queue()
+    seq = Sequence(
+        prompt_len=len(ids),
+        max_tokens=effective,
+        reply=reply,
+        eos_at=None if req.ignore_eos else reply.natural_length(state.config.reply_tokens),
+        stops=stops,
+        deliver=outputs.put_nowait,
+    )
+    prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+    reply_id = f"{prefix}{secrets.token_hex(8)}"
+    state.engine.add(seq)
+    try:
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _stream(request, state, kind, reply_id, seq, outputs, include_usage)
+        return await _complete(state, kind, reply_id, seq, outputs, req.model)
+    finally:
+        state.engine.abort(seq)  # a no-op unless the client left (or a write failed) early
+
+
+async def _complete(
+    state: SimState,
+    kind: str,
+    reply_id: str,
+    seq: Sequence,
+    outputs: asyncio.Queue[Output],
+    model: str | None,
+) -> web.Response:
+    parts: list[str] = []
+    while True:
+        out = await outputs.get()
+        if out.finish_reason == "error":
+            raise errors.engine_dead()
+        parts.append(out.text)
+        if out.finish_reason is not None:
+            break
+    text = "".join(parts)
+    created = int(time.time())
+    name = state.config.model
+    usage = {
+        "prompt_tokens": seq.prompt_len,
+        "total_tokens": seq.prompt_len + seq.generated,
+        "completion_tokens": seq.generated,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+    if kind == "chat":
+        body = {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        "refusal": None,
+                        "annotations": None,
+                        "audio": None,
+                        "function_call": None,
+                        "reasoning": None,
+                    },
+                    "logprobs": None,
+                    "finish_reason": out.finish_reason,
+                    "stop_reason": out.stop_reason,
+                    "token_ids": None,
+                    "routed_experts": None,
+                }
+            ],
+            "service_tier": None,
+            "system_fingerprint": state.fingerprint,
+            "usage": usage,
+            "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "prompt_text": None,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+    else:
+        body = {
+            "id": reply_id,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": out.finish_reason,
+                    "stop_reason": out.stop_reason,
+                    "token_ids": None,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
+                }
+            ],
+            "service_tier": None,
+            "system_fingerprint": state.fingerprint,
+            "usage": usage,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+    return _json(body)
+
+
+async def _stream(
+    request: web.Request,
+    state: SimState,
+    kind: str,
+    reply_id: str,
+    seq: Sequence,
+    outputs: asyncio.Queue[Output],
+    include_usage: bool,
+) -> web.StreamResponse:
+    created = int(time.time())
+    name = state.config.model
+    chat = kind == "chat"
+    head = {
+        "id": reply_id,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": name,
+    }
+    # vLLM sends the headers with the first output, after prefill: an error before that is JSON
+    out = await outputs.get()
+    if out.finish_reason == "error":
+        raise errors.engine_dead()
+    resp = web.StreamResponse(headers={"Content-Type": SSE_CONTENT_TYPE})
+    await resp.prepare(request)
+    if chat:
+        first = {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+            "prompt_token_ids": None,
+            "prompt_text": None,
+        }
+        await resp.write(_event(first))
+    while True:
+        if out.finish_reason == "error":
+            error = errors.engine_dead()
+            await resp.write(
+                _event(
+                    {
+                        "error": {
+                            "message": error.message,
+                            "type": error.type,
+                            "param": None,
+                            "code": error.status,
+                        }
+                    }
+                )
+            )
+            break
+        final = out.finish_reason is not None
+        if out.text or final:
+            choice: dict[str, Any]
+            if chat:
+                choice = {
+                    "index": 0,
+                    "delta": {"content": out.text},
+                    "logprobs": None,
+                    "finish_reason": out.finish_reason,
+                }
+                if final:
+                    choice["stop_reason"] = out.stop_reason
+                choice["token_ids"] = None
+            else:
+                choice = {
+                    "index": 0,
+                    "text": out.text,
+                    "logprobs": None,
+                    "finish_reason": out.finish_reason,
+                    "stop_reason": out.stop_reason,
+                    "prompt_token_ids": None,
+                    "token_ids": None,
+                }
+            chunk: dict[str, Any] = {**head, "choices": [choice]}
+            if final and not include_usage:
+                chunk["system_fingerprint"] = state.fingerprint
+            await resp.write(_event(chunk))
+        if final:
+            if include_usage:
+                usage = {
+                    "prompt_tokens": seq.prompt_len,
+                    "total_tokens": seq.prompt_len + seq.generated,
+                    "completion_tokens": seq.generated,
+                }
+                await resp.write(
+                    _event(
+                        {
+                            **head,
+                            "choices": [],
+                            "usage": usage,
+                            "system_fingerprint": state.fingerprint,
+                        }
+                    )
+                )
+            break
+        out = await outputs.get()
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=errors.compact_json)
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return b"data: " + errors.compact_json(data).encode() + b"\n\n"
+
+
+# -- request parsing --------------------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except json.JSONDecodeError as exc:
+        raise errors.from_json_error(exc) from None
+    except UnicodeDecodeError:
+        raise errors.ApiError(400, "request body is not UTF-8", type_="Bad Request") from None
+    if not isinstance(body, dict):
+        raise errors.not_an_object(body)
+    return body
+
+
+def _validate(model: type[Model], body: dict[str, Any]) -> Model:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise errors.from_validation(exc) from None
+
+
+def _check_model(state: SimState, name: str | None) -> None:
+    if name is not None and name != state.config.model:
+        raise errors.unknown_model(name, state.config.model)
+
+
+def _check_stream_options(stream: bool | None, options: object) -> None:
+    if options is not None and not stream:
+        raise errors.bad_param(
+            "Stream options can only be defined when `stream=True`.", "stream_options"
+        )
