@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetgate.cli import deploy, plan, probes, render, serve, validate  # noqa: F401  (each module registers its commands)
+from fleetgate.cli import check, deploy, plan, probes, render, serve, sim, up, validate  # noqa: F401  (each module registers its commands)
 from fleetgate.cli.app import app
 
 

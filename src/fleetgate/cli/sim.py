@@ -1,0 +1,109 @@
+"""``fleetgate sim``: serve a simulated vLLM (one deployment of a fleet, or ad hoc)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import typer
+
+from fleetgate.cli.app import app, console, err_console
+from fleetgate.cli.common import load_or_exit
+from fleetgate.sim import Faults, SimConfig, SimServer
+from fleetgate.sim.speed import gpu_like_speed
+
+
+@app.command()
+def sim(
+    fleet: Path | None = typer.Argument(
+        None, help="take the deployment's settings from this fleet"
+    ),
+    deployment: str | None = typer.Option(None, help="the deployment to simulate (with FLEET)"),
+    model: str | None = typer.Option(None, help="served model name (without FLEET)"),
+    max_model_len: int | None = typer.Option(None, min=16),
+    max_num_seqs: int | None = typer.Option(None, min=1),
+    kv_cache_tokens: int | None = typer.Option(
+        None, min=16, help="KV cache size; default: room for max-num-seqs full-length sequences"
+    ),
+    prefill_tps: float | None = typer.Option(None, min=0.001, help="prompt tokens per second"),
+    decode_tps: float | None = typer.Option(
+        None, min=0.001, help="tokens per second of one sequence running alone"
+    ),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000, min=0, max=65535),
+    seed: int = typer.Option(0),
+    fault: str = typer.Option("ok", help="start with a fault: ok, crash, dead or stall"),
+    error_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="share of requests failing 500"),
+    slow_factor: float = typer.Option(1.0, min=0.001, help="prefill and decode this much slower"),
+) -> None:
+    """Serve a vLLM-compatible simulator (vLLM 0.32's API, errors, streaming and /metrics).
+
+    With FLEET --deployment NAME it takes the deployment's served name, max_model_len and
+    max_num_seqs, the planner's KV cache size, and a GPU-like speed for that model class: decode
+    speed = ~185 GiB/s of effective memory bandwidth (an RTX 3060-class GPU) over the planned
+    weight size, prefill 100x that, batched sequences together up to 0.75 x max_num_seqs x that.
+    Explicit options override. Faults can also be changed at run time: POST /admin/faults.
+    """
+    speed = None
+    if fleet is not None:
+        if deployment is None:
+            err_console.print("[red]error:[/] give --deployment NAME with a FLEET file")
+            raise typer.Exit(2)
+        from fleetgate.plan import plan_deployment, plan_input
+
+        loaded = load_or_exit(fleet, strict_env=False)
+        dep = loaded.fleet.deployments.get(deployment)
+        if dep is None:
+            known = ", ".join(loaded.fleet.deployments)
+            err_console.print(f"[red]error:[/] no deployment {deployment!r} (known: {known})")
+            raise typer.Exit(2)
+        plan = plan_deployment(plan_input(loaded.fleet, deployment))
+        model = model or dep.public_name(deployment)
+        max_model_len = max_model_len or plan.max_model_len
+        max_num_seqs = max_num_seqs or plan.max_num_seqs
+        kv_cache_tokens = kv_cache_tokens or plan.kv_cache_tokens
+        speed = gpu_like_speed(plan.weights_gib, max_num_seqs)
+    elif model is None or max_model_len is None or max_num_seqs is None:
+        err_console.print(
+            "[red]error:[/] give FLEET --deployment NAME, or --model, "
+            "--max-model-len and --max-num-seqs"
+        )
+        raise typer.Exit(2)
+    try:
+        config = SimConfig(
+            model=model,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            kv_cache_tokens=kv_cache_tokens,
+            prefill_tps=prefill_tps or (speed.prefill_tps if speed else 5000.0),
+            decode_tps=decode_tps or (speed.decode_tps if speed else 50.0),
+            batch_tps=None if decode_tps or speed is None else speed.batch_tps,
+            seed=seed,
+            faults=Faults(mode=fault, error_rate=error_rate, slow_factor=slow_factor),  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _serve(SimServer(config, host=host, port=port))
+
+
+def _serve(server: SimServer) -> None:
+    async def main() -> None:
+        async with server:
+            c = server.config
+            console.print(
+                f"sim [bold]{c.model}[/] on {server.url}: max_model_len {c.max_model_len}, "
+                f"max_num_seqs {c.max_num_seqs}, KV {c.kv_blocks * 16} tokens, "
+                f"prefill {c.prefill_tps:g} tok/s, decode {c.decode_tps:g} tok/s"
+                + (f" (batch {c.batch_tps:g})" if c.batch_tps else ""),
+                highlight=False,
+            )
+            await asyncio.Event().wait()
+
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    with contextlib.suppress(KeyboardInterrupt):
+        (uvloop.run if uvloop else asyncio.run)(main())
