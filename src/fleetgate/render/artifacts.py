@@ -27,7 +27,7 @@ from fleetgate.spec.load import interpolate
 DEFAULT_WORKDIR = "~/fleetgate"
 STOP_TIMEOUT_S = 30
 MANIFEST = "manifest.json"
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD)($|_)", re.IGNORECASE)
 
 
 class RenderError(ValueError):

@@ -1,0 +1,232 @@
+"""Deploy, rollback, releases and backups on the local transport, against a small stand-in server.
+
+The stand-in speaks the three endpoints the health gate uses and, like vLLM, refuses to start
+when ``--max-model-len`` exceeds what its (configured) KV space holds. The real-vLLM proof of the
+same story is in test_deploy_vllm.py; this one is fast and covers the release bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fleetgate.cli.app import app
+from fleetgate.deploy import GateTarget, diff_releases, probe
+
+STAND_IN = r"""
+import argparse, json, os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+p = argparse.ArgumentParser()
+p.add_argument("--model"); p.add_argument("--served-model-name"); p.add_argument("--host")
+p.add_argument("--port", type=int); p.add_argument("--max-model-len", type=int)
+args, _ = p.parse_known_args()
+limit = int(os.environ.get("STAND_IN_KV_TOKENS", "1000000"))
+print("stand-in loading", args.served_model_name, args.max_model_len, flush=True)
+time.sleep(0.5)
+if args.max_model_len > limit:
+    print(f"ValueError: To serve at least one request with the models's max seq len "
+          f"({args.max_model_len}), the estimated maximum model length is {limit}.", flush=True)
+    sys.exit(1)
+
+class H(BaseHTTPRequestHandler):
+    def _send(self, code, body):
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(code); self.send_header("Content-Length", str(len(data)))
+        self.end_headers(); self.wfile.write(data)
+    def do_GET(self):
+        if self.path == "/health":
+            return self._send(200, None)
+        if self.path == "/v1/models":
+            card = {"id": args.served_model_name, "max_model_len": args.max_model_len}
+            return self._send(200, {"object": "list", "data": [card]})
+        self._send(404, {"error": {"message": "not found"}})
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ok = body.get("model") == args.served_model_name
+        self._send(200 if ok else 404, {"choices": [{"text": "x"}]} if ok else {"error": {}})
+    def log_message(self, *a):
+        pass
+
+ThreadingHTTPServer((args.host, args.port), H).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stand_in_python(directory: Path) -> Path:
+    """An executable that takes vLLM's ``python -m vllm...`` command line and runs the stand-in."""
+    (directory / "stand_in.py").write_text(STAND_IN)
+    exe = directory / "stand-in-python"
+    exe.write_text(f'#!/usr/bin/env bash\nshift 2\nexec python3 {directory / "stand_in.py"} "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def write_fleet(
+    path: Path, *, host: dict, python: Path, port: int, max_model_len: int, kv_tokens: int
+) -> Path:
+    fleet = {
+        "version": 1,
+        "name": "test",
+        "hosts": {"box": {**host, "gpus": [{"memory_gib": 24, "arch": "ampere"}]}},
+        "deployments": {
+            "tiny": {
+                "host": "box",
+                "port": port,
+                "model": "tiny",
+                "model_path": "/nonexistent/tiny",
+                "served_model_name": "tiny",
+                "max_model_len": max_model_len,
+                "max_num_seqs": 2,
+                "runtime": "process",
+                "python": str(python),
+                "env": {"STAND_IN_KV_TOKENS": str(kv_tokens)},
+            }
+        },
+    }
+    path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    return path
+
+
+def served_len(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as response:
+        return json.load(response)["data"][0]["max_model_len"]
+
+
+@pytest.fixture
+def box(tmp_path: Path):
+    """A local host with a workdir under tmp_path; stops whatever the tests started there."""
+    workdir = tmp_path / "host"
+    yield {"address": "127.0.0.1", "transport": "local", "workdir": str(workdir)}
+    for script in sorted(workdir.glob("releases/*/tiny/start-vllm.sh")):
+        subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=60)
+
+
+def test_deploy_rollback_and_releases_on_the_local_host(tmp_path: Path, box: dict) -> None:
+    python = stand_in_python(tmp_path)
+    port = free_port()
+    fleet = tmp_path / "fleet.yaml"
+    runner = CliRunner()
+    opts = ["--backups", str(tmp_path / "backups"), "--gate-timeout", "60"]
+
+    def deploy(max_model_len: int, *extra: str):
+        write_fleet(
+            fleet, host=box, python=python, port=port, max_model_len=max_model_len, kv_tokens=2048
+        )
+        return runner.invoke(app, ["deploy", str(fleet), *opts, *extra])
+
+    first = deploy(1024)
+    assert first.exit_code == 0, first.output
+    assert served_len(port) == 1024
+    releases_dir = tmp_path / "host" / "releases"
+    (v1,) = [p.name for p in releases_dir.iterdir()]
+    assert (tmp_path / "host" / "current").resolve() == releases_dir / v1
+
+    dry = deploy(4096, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "--max-model-len 4096" in dry.output and "--max-model-len 1024" in dry.output
+    assert [p.name for p in releases_dir.iterdir()] == [v1]  # nothing installed
+
+    bad = deploy(4096)
+    assert bad.exit_code == 1, bad.output
+    assert "rolled back" in bad.output
+    assert "estimated maximum model length is 2048" in bad.output  # from the server's log
+    assert "healthy again" in bad.output
+    assert served_len(port) == 1024
+    assert (tmp_path / "host" / "current").resolve() == releases_dir / v1
+    (backup,) = (tmp_path / "backups" / "box").iterdir()
+    assert json.loads((backup / "BACKUP.json").read_text())["release"] == v1
+
+    good = deploy(2000)
+    assert good.exit_code == 0, good.output
+    assert served_len(port) == 2000
+    assert len(list((tmp_path / "backups" / "box").iterdir())) == 2  # never overwritten
+
+    listing = runner.invoke(app, ["releases", str(fleet), "box"])
+    assert listing.exit_code == 0, listing.output
+    assert listing.output.count("failed") == 1
+
+    back = runner.invoke(app, ["rollback", str(fleet), "box", "--gate-timeout", "60"])
+    assert back.exit_code == 0, back.output
+    assert served_len(port) == 1024  # the previous GOOD release, not the failed one
+    assert (tmp_path / "host" / "current").resolve() == releases_dir / v1
+
+    v3 = max(p.name for p in releases_dir.iterdir())
+    forward = runner.invoke(
+        app, ["rollback", str(fleet), "box", "--to", v3, "--gate-timeout", "60"]
+    )
+    assert forward.exit_code == 0, forward.output
+    assert served_len(port) == 2000
+
+    # the service dies (or a deploy was killed after the switch): the same deploy recovers it
+    subprocess.run(
+        ["bash", str(tmp_path / "host" / "current" / "tiny" / "start-vllm.sh"), "stop"], check=True
+    )
+    assert not probe(GateTarget("tiny", "vllm", f"http://127.0.0.1:{port}", "tiny", 2000)).ok
+    again = deploy(2000)
+    assert again.exit_code == 0, again.output
+    assert "unchanged" in again.output
+    assert served_len(port) == 2000
+
+    snap = runner.invoke(app, ["backup", str(fleet), "--backups", str(tmp_path / "backups")])
+    assert snap.exit_code == 0, snap.output
+    assert len(list((tmp_path / "backups" / "box").iterdir())) == 3
+
+
+def test_a_first_deploy_that_fails_leaves_nothing_running(tmp_path: Path, box: dict) -> None:
+    python = stand_in_python(tmp_path)
+    port = free_port()
+    fleet = write_fleet(
+        tmp_path / "fleet.yaml",
+        host=box,
+        python=python,
+        port=port,
+        max_model_len=4096,
+        kv_tokens=100,
+    )
+    result = CliRunner().invoke(
+        app, ["deploy", str(fleet), "--gate-timeout", "60", "--backups", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "no earlier release to roll back to" in result.output
+    assert not probe(GateTarget("tiny", "vllm", f"http://127.0.0.1:{port}", "tiny", 4096)).ok
+
+
+def test_health_command_reports_each_unit(tmp_path: Path, box: dict) -> None:
+    python = stand_in_python(tmp_path)
+    port = free_port()
+    fleet = write_fleet(
+        tmp_path / "fleet.yaml",
+        host=box,
+        python=python,
+        port=port,
+        max_model_len=512,
+        kv_tokens=4096,
+    )
+    runner = CliRunner()
+    down = runner.invoke(app, ["health", str(fleet)])
+    assert down.exit_code == 1
+    assert "not answering" in down.output
+    assert (
+        runner.invoke(app, ["deploy", str(fleet), "--backups", str(tmp_path / "b")]).exit_code == 0
+    )
+    up = runner.invoke(app, ["health", str(fleet)])
+    assert up.exit_code == 0, up.output
+
+
+def test_diff_ignores_release_metadata() -> None:
+    old = {"a.sh": b"x\n", "release.json": b"{}"}
+    assert diff_releases(old, {"a.sh": b"x\n", "release.json": b"{1}"}) == ""
+    assert "+y" in diff_releases(old, {"a.sh": b"y\n"})
