@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from fleetgate.gateway.admission import SlotPool
@@ -30,6 +30,7 @@ from fleetgate.gateway.errors import (
     unauthorized,
     unavailable,
 )
+from fleetgate.gateway.http import ProtocolError, Response
 from fleetgate.gateway.parse import ParsedRequest, parse_request
 from fleetgate.gateway.ratelimit import Quota
 from fleetgate.gateway.state import Gateway
@@ -110,12 +111,15 @@ class _Record:
 class Admitted:
     """A request that passed the token checks: what it reserves and what it may generate."""
 
-    __slots__ = ("max_tokens", "prompt_tokens", "reserved")
+    __slots__ = ("max_tokens", "prompt_tokens", "reserved", "used")
 
     def __init__(self, prompt_tokens: int, max_tokens: int | None, reserved: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.reserved = reserved
+        # Settled at the end: nothing if the backend never answered 200, the reservation if it
+        # answered without usage, the real usage when it reported one.
+        self.used = 0
 
 
 async def check_tokens(gw: Gateway, model: ModelConfig, req: ParsedRequest) -> Admitted:
@@ -260,7 +264,6 @@ async def _forward(
     quota: Quota,
 ) -> web.StreamResponse:
     """Hold a slot, talk to the backend, settle the reservation on what was really used."""
-    used = 0  # settled to 0 (refunded) unless the backend reports usage
     queued_at = perf_counter()
     try:
         pool = await gw.admission.acquire(
@@ -273,23 +276,26 @@ async def _forward(
     rec.queue_wait_s = got_slot - queued_at
     gw.metrics.queue_wait.labels(model.lane).observe(rec.queue_wait_s)
     holder = [pool]
+    prepared: list[web.StreamResponse] = []
     try:
-        async with asyncio.timeout(gw.config.request_timeout_s) as deadline:
+        async with asyncio.timeout(gw.config.request_timeout_s):
             if req.stream:
-                response, used = await _stream(
-                    request, gw, model, req, admitted, path, rec, holder, deadline
-                )
-            else:
-                response, used = await _unary(gw, model, req, admitted, path, rec, holder)
-            return response
+                return await _stream(request, gw, model, req, admitted, path, rec, holder, prepared)
+            return await _unary(gw, model, req, admitted, path, rec, holder)
     except TimeoutError:
-        raise gateway_timeout(
+        error = gateway_timeout(
             f"the backend did not answer within request_timeout_s "
             f"({gw.config.request_timeout_s:g} s)"
-        ) from None
+        )
+        if not prepared:
+            raise error from None
+        # The stream already started: too late for a 504, so say it in the stream and end it.
+        rec.reason = error.reason
+        await _stream_error(prepared[0], error)
+        return prepared[0]
     finally:
         gw.admission.release(holder[0], perf_counter() - got_slot)
-        await gw.limiter.settle(quota, admitted.reserved, used)
+        await gw.limiter.settle(quota, admitted.reserved, admitted.used)
 
 
 async def _open(
@@ -300,7 +306,7 @@ async def _open(
     path: str,
     rec: _Record,
     holder: list[SlotPool],
-) -> aiohttp.ClientResponse:
+) -> Response:
     payloads: dict[str, bytes] = {}
 
     def payload_for(served: str) -> bytes:
@@ -316,15 +322,14 @@ async def _open(
     return resp
 
 
-async def _refuse_upstream(resp: aiohttp.ClientResponse) -> web.Response:
+async def _refuse_upstream(resp: Response) -> web.Response:
     """A non-200 from the backend: its 4xx as it is, anything else as 502."""
     body = await resp.read()
-    resp.release()
     if 400 <= resp.status < 500:
         return web.Response(
             status=resp.status,
             body=body,
-            headers={"Content-Type": resp.headers.get("Content-Type", _JSON_TYPE)},
+            headers={"Content-Type": resp.headers.get("content-type", _JSON_TYPE)},
         )
     raise bad_gateway(f"the backend answered {resp.status}: {error_message(body)}")
 
@@ -337,34 +342,29 @@ async def _unary(
     path: str,
     rec: _Record,
     holder: list[SlotPool],
-) -> tuple[web.StreamResponse, int]:
+) -> web.StreamResponse:
     sent = perf_counter()
     resp = await _open(gw, model, req, admitted, path, rec, holder)
     if resp.status != 200:
         rec.status, rec.reason = resp.status, "upstream_refused"
-        return await _refuse_upstream(resp), 0
+        return await _refuse_upstream(resp)
     try:
-        body = await resp.read()
-    except aiohttp.ClientError as exc:
-        resp.close()
-        raise bad_gateway(f"the backend dropped the answer: {exc.__class__.__name__}") from None
-    except BaseException:
-        resp.close()  # cancelled (client gone) or timed out: the backend aborts the generation
-        raise
-    resp.release()
+        body = await resp.read()  # on cancellation (client gone) it drops the connection
+    except ProtocolError as exc:
+        raise bad_gateway(f"the backend dropped the answer: {exc}") from None
     gw.metrics.upstream_latency.labels(holder[0].name).observe(perf_counter() - sent)
-    used = admitted.reserved
+    admitted.used = admitted.reserved
     try:
         usage = _usage_total(json.loads(body).get("usage"))
     except (ValueError, AttributeError):
         usage = None
     if usage is not None:
         rec.tokens_in, rec.tokens_out = usage
-        used = usage[0] + usage[1]
+        admitted.used = usage[0] + usage[1]
     rec.status = 200
     return web.Response(
-        body=body, headers={"Content-Type": resp.headers.get("Content-Type", _JSON_TYPE)}
-    ), used
+        body=body, headers={"Content-Type": resp.headers.get("content-type", _JSON_TYPE)}
+    )
 
 
 async def _stream(
@@ -376,22 +376,23 @@ async def _stream(
     path: str,
     rec: _Record,
     holder: list[SlotPool],
-    deadline: asyncio.Timeout,
-) -> tuple[web.StreamResponse, int]:
+    prepared: list[web.StreamResponse],
+) -> web.StreamResponse:
     sent = perf_counter()
     resp = await _open(gw, model, req, admitted, path, rec, holder)
     if resp.status != 200:
         rec.status, rec.reason = resp.status, "upstream_refused"
-        return await _refuse_upstream(resp), 0
+        return await _refuse_upstream(resp)
     out = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    used = admitted.reserved
+    admitted.used = admitted.reserved
     finished = False
     try:
         await out.prepare(request)
+        prepared.append(out)
         rec.status = 200
         skip_blank = False
         first = True
-        async for line in resp.content:
+        async for line in _lines(resp):
             if first:
                 first = False
                 rec.ttft_s = perf_counter() - sent
@@ -409,31 +410,37 @@ async def _stream(
                     usage = _usage_total(chunk.get("usage"))
                     if usage is not None:
                         rec.tokens_in, rec.tokens_out = usage
-                        used = usage[0] + usage[1]
+                        admitted.used = usage[0] + usage[1]
                         if not chunk.get("choices") and not req.include_usage:
                             skip_blank = True
                             continue
             await out.write(line)
         finished = True
         await out.write_eof()
-    except TimeoutError:
-        # The stream already started: too late for a 504, so say it in the stream and end it.
-        rec.reason = "upstream_timeout"
-        await _stream_error(out, gateway_timeout("the backend did not finish in time"))
-        deadline.reschedule(None)
-    except aiohttp.ClientError as exc:
+    except ProtocolError as exc:
         rec.reason = "upstream_error"
         await _stream_error(out, bad_gateway(f"the backend dropped the stream: {exc}"))
-    except (ConnectionError, asyncio.CancelledError):
-        rec.reason = "client_disconnected"
-        raise
     finally:
         if finished:
             resp.release()
         else:
             resp.close()  # drop the connection so the backend aborts the generation
         gw.metrics.upstream_latency.labels(holder[0].name).observe(perf_counter() - sent)
-    return out, used
+    return out
+
+
+async def _lines(resp: Response) -> AsyncIterator[bytes]:
+    """The body split after each newline, as SSE is framed."""
+    pending = b""
+    while (piece := await resp.next_piece()) is not None:
+        pending += piece
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            yield pending[start : end + 1]
+            start = end + 1
+        pending = pending[start:]
+    if pending:
+        yield pending
 
 
 async def _stream_error(out: web.StreamResponse, error: GatewayError) -> None:

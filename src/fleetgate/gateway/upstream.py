@@ -14,18 +14,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
 from fleetgate.gateway.errors import GatewayError, bad_gateway
+from fleetgate.gateway.http import ConnectFailed, Disconnected, HttpClient, Response, UpstreamError
 
 log = logging.getLogger("fleetgate.gateway")
 
 RETRY_BASE_S = 0.05
 RETRYABLE_STATUS = frozenset({502, 503})
-_CONNECTION_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
-_JSON = {"Content-Type": "application/json"}
+_CONNECTION_ERRORS = (ConnectFailed, Disconnected)
 
 
 def backoff_s(attempt: int) -> float:
@@ -58,15 +56,15 @@ class Upstream:
         self._failures: dict[str, int] = {}
         self._unhealthy_after = 1
         self._on_health = on_health
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_interval = 5.0
         self._probe_timeout = 2.0
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "Upstream.start() was not awaited"
-        return self._session
+    def client(self) -> HttpClient:
+        assert self._client is not None, "Upstream.start() was not awaited"
+        return self._client
 
     def configure(self, config: GatewayConfig) -> None:
         self.deployments = dict(config.deployments)
@@ -79,21 +77,15 @@ class Upstream:
                 del self._failures[name]
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        self._client = HttpClient()
         self._probe_task = asyncio.create_task(self._probe_forever(), name="fleetgate-health")
 
     async def close(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
             await asyncio.gather(self._probe_task, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     # -- health -------------------------------------------------------------------------------
 
@@ -117,12 +109,11 @@ class Upstream:
 
     async def probe(self, dep: DeploymentConfig) -> bool:
         try:
-            async with self.session.get(
-                dep.url + "/health", timeout=aiohttp.ClientTimeout(total=self._probe_timeout)
-            ) as resp:
+            async with asyncio.timeout(self._probe_timeout):
+                resp = await self.client.request("GET", dep.url, "/health")
                 await resp.read()
                 return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (UpstreamError, TimeoutError, OSError):
             return False
 
     async def probe_all(self) -> None:
@@ -148,7 +139,7 @@ class Upstream:
         candidates: tuple[str, ...],
         path: str,
         payload_for: Callable[[str], bytes],
-    ) -> tuple[aiohttp.ClientResponse, SlotPool, int]:
+    ) -> tuple[Response, SlotPool, int]:
         """POST to a deployment, retrying where that is safe.
 
         Returns the open response (the caller reads and releases it), the slot pool it came
@@ -161,8 +152,8 @@ class Upstream:
             if dep is None:
                 raise bad_gateway(f"deployment {pool.name!r} was removed by a reload")
             try:
-                resp = await self.session.post(
-                    dep.url + path, data=payload_for(dep.served_model), headers=_JSON
+                resp = await self.client.request(
+                    "POST", dep.url, path, payload_for(dep.served_model)
                 )
             except _CONNECTION_ERRORS as exc:
                 self.record(dep.name, False)
@@ -171,7 +162,6 @@ class Upstream:
                 if resp.status not in RETRYABLE_STATUS:
                     return resp, pool, attempt + 1
                 body = await resp.read()
-                resp.release()
                 last = f"deployment {dep.name!r} answered {resp.status}: {error_message(body)}"
             if attempt >= self.retries:
                 raise bad_gateway(f"upstream failed after {attempt + 1} attempt(s); {last}")
@@ -193,10 +183,8 @@ class Upstream:
             dep = self.deployments[name]
             body = json.dumps({"model": dep.served_model, **payload}).encode()
             try:
-                async with self.session.post(
-                    dep.url + "/tokenize", data=body, headers=_JSON
-                ) as resp:
-                    raw = await resp.read()
+                resp = await self.client.request("POST", dep.url, "/tokenize", body)
+                raw = await resp.read()
             except _CONNECTION_ERRORS as exc:
                 self.record(name, False)
                 last = f"deployment {name!r}: {exc.__class__.__name__}"
