@@ -1,0 +1,260 @@
+"""Unit tests for the gateway's parts: config, admission queue, rate limits, parsing, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fleetgate.gateway.admission import Admission
+from fleetgate.gateway.config import GatewayConfig, hash_key
+from fleetgate.gateway.errors import GatewayError, too_large
+from fleetgate.gateway.parse import parse_request
+from fleetgate.gateway.ratelimit import MemoryRateLimiter, Quota, RedisRateLimiter
+from fleetgate.gateway.tokens import NFKC_MAX_BYTE_GROWTH, text_token_bound
+from fleetgate.spec import load_fleet
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_config_from_the_homelab_fleet() -> None:
+    fleet = load_fleet(EXAMPLE, env={"FLEETGATE_API_KEY": "sk-owner-123456"}).fleet
+    cfg = GatewayConfig.from_fleet(fleet)
+    burst = cfg.models["llama31-8b-wintermute-burst"]
+    plain = cfg.models["llama31-8b-wintermute"]
+    alias = cfg.models["llama"]
+    assert (plain.queue_depth, plain.queue_wait_s) == (16, 30)
+    assert (burst.queue_depth, burst.queue_wait_s) == (64, 180)
+    assert burst.lane == "llama31-8b-wintermute-burst" and burst.route == plain.route
+    assert burst.max_input_tokens == 14000 and burst.max_model_len == 16384
+    assert alias.lane == "llama31-8b-wintermute"
+    dep = cfg.deployments["wintermute"]
+    assert dep.url == "http://wintermute.lan:8000"
+    assert dep.served_model == "llama31-8b-wintermute"
+    assert dep.concurrency == 2 and cfg.deployments["armitage"].concurrency == 1
+    # keys are kept hashed; an empty admin key means no admin endpoint
+    assert hash_key("sk-owner-123456") in cfg.keys
+    assert "sk-owner-123456" not in repr(cfg)
+    assert cfg.admin_key_hash is None and not cfg.open
+
+
+# -- admission ----------------------------------------------------------------------------------
+
+
+async def test_slots_are_handed_out_in_arrival_order_across_lanes() -> None:
+    adm = Admission()
+    adm.configure({"d": 1})
+    first = await adm.acquire("plain", ("d",), 8, 10)
+    order: list[str] = []
+
+    async def wait(name: str, lane: str) -> None:
+        pool = await adm.acquire(lane, ("d",), 8, 10)
+        order.append(name)
+        adm.release(pool, 0.01)
+
+    tasks = []
+    for i, lane in enumerate(["plain", "burst", "plain", "burst"]):
+        tasks.append(asyncio.create_task(wait(f"r{i}", lane)))
+        await asyncio.sleep(0)
+    assert adm.queued("plain") == 2 and adm.queued("burst") == 2
+    adm.release(first, 0.5)
+    await asyncio.gather(*tasks)
+    assert order == ["r0", "r1", "r2", "r3"]
+    assert adm.pools["d"].in_use == 0
+
+
+async def test_full_queue_and_deadline_give_429_with_retry_after() -> None:
+    adm = Admission()
+    adm.configure({"d": 1})
+    held = await adm.acquire("lane", ("d",), 1, 10)
+    adm.pools["d"].service_s = 4.0
+    waiter = asyncio.create_task(adm.acquire("lane", ("d",), 1, 0.05))
+    await asyncio.sleep(0)
+    with pytest.raises(GatewayError) as full:
+        await adm.acquire("lane", ("d",), 1, 10)
+    assert full.value.status == 429 and full.value.reason == "queue_full"
+    assert full.value.retry_after == 8.0  # second in line behind one slot of ~4 s
+    with pytest.raises(GatewayError) as late:
+        await waiter
+    assert late.value.status == 429 and late.value.reason == "queue_timeout"
+    assert adm.queued("lane") == 0
+    adm.release(held)
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_never_holds_a_slot() -> None:
+    adm = Admission()
+    adm.configure({"d": 1})
+    held = await adm.acquire("lane", ("d",), 4, 10)
+    gone = asyncio.create_task(adm.acquire("lane", ("d",), 4, 10))
+    stays = asyncio.create_task(adm.acquire("lane", ("d",), 4, 10))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert adm.queued("lane") == 1
+    adm.release(held)
+    pool = await stays
+    assert pool.in_use == 1
+    adm.release(pool)
+    assert pool.in_use == 0
+
+
+async def test_least_outstanding_and_health() -> None:
+    adm = Admission()
+    adm.configure({"a": 2, "b": 2})
+    first = await adm.acquire("r", ("a", "b"), 4, 1)
+    second = await adm.acquire("r", ("a", "b"), 4, 1)
+    assert {first.name, second.name} == {"a", "b"}
+    adm.set_healthy("a", False)
+    third = await adm.acquire("r", ("a", "b"), 4, 1)
+    assert third.name == "b"
+    adm.set_healthy("b", False)
+    with pytest.raises(GatewayError) as down:
+        await adm.acquire("r", ("a", "b"), 4, 1)
+    assert down.value.status == 503
+
+
+async def test_waiters_fail_fast_when_every_deployment_goes_down() -> None:
+    adm = Admission()
+    adm.configure({"a": 1})
+    await adm.acquire("r", ("a",), 4, 10)
+    waiter = asyncio.create_task(adm.acquire("r", ("a",), 4, 10))
+    await asyncio.sleep(0)
+    adm.set_healthy("a", False)
+    with pytest.raises(GatewayError) as down:
+        await waiter
+    assert down.value.status == 503
+
+
+async def test_reload_raises_capacity_and_wakes_waiters() -> None:
+    adm = Admission()
+    adm.configure({"a": 1})
+    held = await adm.acquire("r", ("a",), 4, 10)
+    waiter = asyncio.create_task(adm.acquire("r", ("a",), 4, 10))
+    await asyncio.sleep(0)
+    adm.configure({"a": 2})
+    assert (await waiter) is held
+    assert held.in_use == 2
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest):
+    if request.param == "memory":
+        yield MemoryRateLimiter()
+        return
+    lim = RedisRateLimiter("redis://127.0.0.1:6379/0", prefix=f"fleetgate-test:{uuid.uuid4()}:")
+    yield lim
+    await lim.close()
+
+
+async def test_rpm_allows_a_minute_of_requests_then_429(limiter) -> None:
+    quota = Quota("r", rpm=3, tpm=None)
+    for _ in range(3):
+        await limiter.reserve(quota, 10)
+    with pytest.raises(GatewayError) as exc:
+        await limiter.reserve(quota, 10)
+    assert exc.value.status == 429 and exc.value.reason == "rpm"
+    assert 0 < exc.value.retry_after <= 20.5  # a third of a minute refills one request
+    assert "rpm is 3" in exc.value.message
+
+
+async def test_tpm_reserves_then_settles_on_real_usage(limiter) -> None:
+    quota = Quota("r", rpm=None, tpm=1000)
+    await limiter.reserve(quota, 900)
+    with pytest.raises(GatewayError) as exc:
+        await limiter.reserve(quota, 200)
+    assert exc.value.reason == "tpm" and "200 tokens" in exc.value.message
+    await limiter.settle(quota, 900, 100)  # the answer used far less than reserved
+    await limiter.reserve(quota, 800)
+    with pytest.raises(GatewayError):
+        await limiter.reserve(quota, 200)
+
+
+async def test_a_request_bigger_than_a_minute_of_tokens_is_refused(limiter) -> None:
+    with pytest.raises(GatewayError) as exc:
+        await limiter.reserve(Quota("r", rpm=None, tpm=100), 101)
+    assert exc.value.status == 429 and "lower max_tokens" in exc.value.message
+
+
+async def test_redis_replicas_share_one_allowance() -> None:
+    prefix = f"fleetgate-test:{uuid.uuid4()}:"
+    one = RedisRateLimiter("redis://127.0.0.1:6379/0", prefix=prefix)
+    two = RedisRateLimiter("redis://127.0.0.1:6379/0", prefix=prefix)
+    quota = Quota("shared", rpm=2, tpm=None)
+    try:
+        await one.reserve(quota, 1)
+        await two.reserve(quota, 1)
+        with pytest.raises(GatewayError):
+            await one.reserve(quota, 1)
+    finally:
+        await one.close()
+        await two.close()
+
+
+# -- parsing and token bounds -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"{", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"model": 3, "messages": []}', "model"),
+        (b'{"model": "m"}', "messages"),
+        (b'{"model": "m", "messages": "hi"}', "messages"),
+        (b'{"model": "m", "messages": [{"content": "x"}]}', "role"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "content"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "max_tokens": "9"}', "max_tokens"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "max_tokens": true}', "max_tokens"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "max_tokens": NaN}', "JSON"),
+        (b"[" * 100000, "JSON"),
+    ],
+)
+def test_malformed_chat_bodies_are_400(raw: bytes, fragment: str) -> None:
+    with pytest.raises(GatewayError) as exc:
+        parse_request("chat", raw)
+    assert exc.value.status == 400 and fragment in exc.value.message
+
+
+def test_chat_bound_covers_text_and_template() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello world"}]}
+    req = parse_request("chat", json.dumps(body).encode())
+    assert req.bound is not None and req.bound >= len("hello world") + len("user")
+    with_tools = {**body, "tools": [{"type": "function"}]}
+    assert parse_request("chat", json.dumps(with_tools).encode()).bound is None
+    image = {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+    }
+    assert parse_request("chat", json.dumps(image).encode()).bound is None
+
+
+def test_text_bound_is_bytes_for_ascii_and_allows_nfkc_growth() -> None:
+    assert text_token_bound("abc") == 3
+    assert text_token_bound("\ufdfa") == NFKC_MAX_BYTE_GROWTH * 3
+
+
+def test_completion_prompts() -> None:
+    req = parse_request("completion", b'{"model": "m", "prompt": [1, 2, 3]}')
+    assert req.bound == 3 and req.token_id_prompt_lengths() == [3]
+    batch = parse_request("completion", b'{"model": "m", "prompt": ["a", "bb"]}')
+    assert batch.prompts == 2 and len(batch.tokenize_payloads()) == 2
+    with pytest.raises(GatewayError):
+        parse_request("completion", b'{"model": "m", "prompt": [1, "a"]}')
+
+
+def test_error_body_is_openai_shaped() -> None:
+    err = too_large(5000, 1024)
+    body = json.loads(err.response().body)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "5000" in body["error"]["message"] and "1024" in body["error"]["message"]
+    assert err.response().status == 413
