@@ -1,0 +1,77 @@
+"""``fleetgate check``: the fleet owner's acceptance criteria, pass or fail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fleetgate.cli.app import app, console, err_console
+from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.local.acceptance import AcceptanceReport, run_acceptance
+from fleetgate.spec import FleetError
+
+
+def print_acceptance(report: AcceptanceReport) -> None:
+    table = Table(title=f"acceptance: {report.url}")
+    table.add_column("#", justify="right")
+    table.add_column("criterion")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for c in report.criteria:
+        table.add_row(
+            str(c.number), c.title, "[green]pass[/]" if c.ok else "[red]FAIL[/]", c.detail
+        )
+    console.print(table)
+    console.print("[green]all criteria pass[/]" if report.ok else "[red]some criteria FAIL[/]")
+
+
+@app.command()
+def check(
+    fleet: Path = typer.Argument(..., help="the fleet file"),
+    url: str | None = typer.Option(
+        None, help="test this running gateway instead of a local fleet brought up here"
+    ),
+    api_key: str | None = typer.Option(
+        None, envvar="FLEETGATE_API_KEY", help="with --url: the API key to use"
+    ),
+    speed: float = typer.Option(10.0, min=0.01, help="simulated GPU speed factor"),
+    rollback: bool = typer.Option(True, help="run criterion 4 (deploy, break, roll back)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """The four acceptance criteria end to end; exit 1 if any fails.
+
+    (1) context smoke test on every route and profile; (2) 20 clients on the burst profile of
+    the smallest backend finish with at most 1 error; (3) over-limit requests get a 4xx, never
+    a 5xx; (4) deploy through the deploy layer onto a local host, deploy a broken change, see
+    the automatic rollback, and verify over HTTP that the previous limits are back. Without
+    --url the fleet runs here on simulated backends; criterion 4 always runs locally.
+    """
+    loaded = load_or_exit(fleet, strict_env=False)
+    with console.status("starting") as status:
+        try:
+            report = asyncio.run(
+                run_acceptance(
+                    loaded.fleet,
+                    url=url,
+                    api_key=api_key,
+                    speed=speed,
+                    rollback=rollback,
+                    step=lambda text: status.update(text),
+                )
+            )
+        except FleetError as exc:
+            print_problems(exc.problems, str(fleet))
+            raise typer.Exit(1) from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print_acceptance(report)
+    if not report.ok:
+        raise typer.Exit(1)
