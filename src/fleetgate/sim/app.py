@@ -73,6 +73,10 @@ async def _api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except errors.ApiError as exc:
         return exc.response()
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # unknown routes and methods answer as FastAPI does
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _json({"detail": exc.reason}, status=exc.status, headers=allow)
 
 
 # -- small routes -----------------------------------------------------------------------------
@@ -212,6 +216,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     _check_stream_options(req.stream, req.stream_options)
     _check_model(state, req.model)
     prompt: Any = req.prompt
+    if prompt == []:
+        raise errors.ApiError(400, "You must pass at least one prompt")
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) > 1:
             raise errors.ApiError(
@@ -489,8 +495,8 @@ async def _stream(
     return resp
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=errors.compact_json)
+def _json(data: Any, status: int = 200, headers: Any = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=errors.compact_json)
 
 
 def _event(data: dict[str, Any]) -> bytes:

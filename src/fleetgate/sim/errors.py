@@ -7,6 +7,7 @@ the same text from the simulator as from a real server.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -113,11 +114,15 @@ def _validation_error(errors: list[dict[str, Any]]) -> ApiError:
     return ApiError(400, message, param=first, type_="Bad Request")
 
 
+# pydantic names the member of a union that failed (``stop.str``); vLLM's locations do not
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\])$")
+
+
 def from_validation(exc: ValidationError) -> ApiError:
     errors = [
         {
             "type": e["type"],
-            "loc": ("body", *e["loc"]),
+            "loc": ("body", *(p for p in e["loc"] if not _UNION_TAG.match(str(p)))),
             "msg": e["msg"],
             "input": e.get("input"),
             "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()},

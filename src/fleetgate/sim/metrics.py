@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# what vLLM 0.32 answers to a GET (its prometheus_client speaks text format 1.0.0)
+CONTENT_TYPE = "text/plain; version=1.0.0; charset=utf-8"
 
 TTFT_BUCKETS = (
     0.001,
