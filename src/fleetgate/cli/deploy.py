@@ -126,9 +126,9 @@ def _print_report(report: HostReport, *, show_diff: bool) -> None:
     if report.backup:
         console.print(f"  backup: {report.backup}", highlight=False)
     for message in report.messages:
-        console.print(f"  {message}", highlight=False, markup=False)
+        console.print(f"  {message}", highlight=False, markup=False, soft_wrap=True)
     if report.log_tail:
-        console.print(report.log_tail.rstrip(), highlight=False, markup=False)
+        console.print(report.log_tail.rstrip(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

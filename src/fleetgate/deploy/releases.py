@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from fleetgate.deploy.hostops import RELEASE_META, HostError, HostOps, HostState
 from fleetgate.deploy.transport import TransportError
 
 MANIFEST = "manifest.json"
-LOG_LINES = 30
+LOG_LINES = 20
+LOG_SCAN_LINES = 400
+_EXCEPTION = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
 Step = Callable[[str], None]
 
 
@@ -70,6 +73,17 @@ def diff_releases(old: dict[str, bytes], new: dict[str, bytes]) -> str:
                 )
             )
     return "".join(chunks)
+
+
+def log_excerpt(unit: str, text: str) -> str:
+    """The exception lines of a server log (the cause often sits above a long traceback) and
+    its last lines."""
+    lines = text.splitlines()
+    errors = list(dict.fromkeys(line for line in lines if _EXCEPTION.search(line)))[-8:]
+    out = ""
+    if errors:
+        out += f"--- errors in {unit}'s log ---\n" + "\n".join(errors) + "\n"
+    return out + f"--- last lines of {unit}'s log ---\n" + "\n".join(lines[-LOG_LINES:]) + "\n"
 
 
 def save_backup(backups: Path, host: str, release: str, files: dict[str, bytes]) -> Path:
@@ -263,8 +277,8 @@ class HostDeployer:
             report.messages.append(f"{unit['name']} ({release}): {result.detail}")
             if not result.ok:
                 ok = False
-                logs = self.ops.unit(release, unit["script"], "logs", str(LOG_LINES))
-                report.log_tail += f"--- last lines of {unit['name']}'s log ---\n{logs.text}"
+                logs = self.ops.unit(release, unit["script"], "logs", str(LOG_SCAN_LINES))
+                report.log_tail += log_excerpt(unit["name"], logs.text)
         return ok
 
     def _gate(self, release: str, unit: dict[str, Any]) -> GateResult:

@@ -84,13 +84,14 @@ def settings_hash(data: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def deployment_hash(fleet: Fleet, name: str) -> str:
-    dep = fleet.deployments[name]
+def deployment_hash(source: Source, name: str) -> str:
+    """Hash of what the fleet file says about a deployment and its host, as written."""
+    host = source.fleet.deployments[name].host
     return settings_hash(
         {
             "deployment": name,
-            "settings": dep.model_dump(mode="json"),
-            "host": fleet.hosts[dep.host].model_dump(mode="json"),
+            "settings": source.raw.get("deployments", {}).get(name),
+            "host": source.raw.get("hosts", {}).get(host),
         }
     )
 
@@ -156,7 +157,7 @@ def vllm_files(source: Source, name: str) -> dict[str, str]:
     dep = fleet.deployments[name]
     host = fleet.hosts[dep.host]
     command = vllm_command(fleet, name)
-    digest = deployment_hash(fleet, name)
+    digest = deployment_hash(source, name)
     head = _header(source, f"deployment {name}", digest)
     workdir = workdir_of(fleet, dep.host)
     files = {
@@ -322,7 +323,7 @@ def host_manifest(source: Source, host: str) -> dict[str, Any]:
                 "url": f"http://{h.address}:{dep.port}",
                 "served_model_name": dep.public_name(name),
                 "max_model_len": dep.max_model_len,
-                "settings_sha256": deployment_hash(fleet, name),
+                "settings_sha256": deployment_hash(source, name),
             }
         )
     if fleet.gateway is not None and fleet.gateway.host == host:
