@@ -15,6 +15,8 @@ from time import perf_counter
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from fleetgate.gateway.admission import SlotPool
 from fleetgate.gateway.config import GatewayConfig, KeyConfig, ModelConfig, hash_key
@@ -71,10 +73,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise too_large(declared, limit)
     body = bytearray()
     content = request.content
-    while chunk := await content.readany():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(len(body), limit)
+    try:
+        while chunk := await content.readany():
+            body += chunk
+            if len(body) > limit:
+                raise too_large(len(body), limit)
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        # a broken chunked framing or a body that does not decompress: the client's fault
+        raise bad_request(f"could not read the request body: {exc.__class__.__name__}") from None
     return bytes(body)
 
 
