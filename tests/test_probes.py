@@ -1,0 +1,279 @@
+"""The probes against the simulator (bare, like a vLLM) and through a local gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fleetgate.cli import app
+from fleetgate.local import local_fleet
+from fleetgate.probes import (
+    BurstConfig,
+    PromptFitError,
+    fit_prompt,
+    run_burst,
+    run_smoke,
+    target_from_fleet,
+    target_from_url,
+)
+from fleetgate.probes.html import burst_html
+from fleetgate.probes.stats import percentile, summarize
+from fleetgate.probes.targets import ModelUnderTest, Target
+from fleetgate.sim import SimConfig, SimServer
+from fleetgate.spec import load_fleet, parse_fleet
+
+HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
+runner = CliRunner()
+
+
+# -- building a prompt of an exact length -------------------------------------------------------
+
+
+def _counter(template: int, per_unit: int):
+    async def count(messages: list[dict[str, str]]) -> int:
+        text = messages[0]["content"]
+        units = text.count(" hello")
+        rest = text.replace(" hello", "")
+        return template + per_unit * units + len(rest)
+
+    return count
+
+
+@pytest.mark.parametrize("per_unit", [1, 2, 3])
+@pytest.mark.parametrize("target", [20, 21, 999, 14000, 14001])
+async def test_fit_prompt_lands_exactly(per_unit: int, target: int) -> None:
+    count = _counter(17, per_unit)
+    messages, got = await fit_prompt(count, target)
+    assert got == target
+    assert await count(messages) == target
+
+
+async def test_fit_prompt_refuses_a_target_below_the_template() -> None:
+    with pytest.raises(PromptFitError, match="chat template alone"):
+        await fit_prompt(_counter(40, 1), 10)
+
+
+async def test_fit_prompt_with_the_sim_tokenizer_counts_what_the_sim_counts() -> None:
+    config = SimConfig(model="m", max_model_len=4096, max_num_seqs=2)
+    async with SimServer(config) as sim:
+        target = await target_from_url(sim.url)
+        report = await run_smoke(target)
+    by_check = {c.check: c for c in report.checks}
+    # a bare vLLM: its input limit is max_model_len - 1 (with one output token)
+    assert by_check["exact input"].ok, by_check["exact input"]
+    assert "4095 in" in by_check["exact input"].expected
+    assert by_check["input + 1"].ok, by_check["input + 1"]
+    assert by_check["max_tokens + 1"].ok
+    assert report.ok
+
+
+def test_percentiles() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+    s = summarize([0.1] * 99 + [10.0])
+    assert s["count"] == 100 and s["p50"] == pytest.approx(0.1) and s["max"] == 10.0
+    assert summarize([])["p50"] is None
+
+
+# -- the smoke test through a local gateway -----------------------------------------------------
+
+
+async def test_smoke_passes_on_the_homelab_fleet_through_the_gateway() -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=20) as running:
+        target = target_from_fleet(running.fleet, url=running.gateway_url, api_key=running.api_key)
+        report = await run_smoke(target)
+    assert report.ok, report.to_dict()
+    names = {c.model for c in report.checks}
+    assert names == {"llama31-8b-wintermute", "llama31-8b-wintermute-burst", "qwen2.5-7b-armitage"}
+    exact = [c for c in report.checks if c.check == "exact input"]
+    assert {c.expected for c in exact} >= {
+        "200 for 14000 in + 1024 out",
+        "200 for 7000 in + 768 out",
+    }
+    lens = {c.model: c.got for c in report.checks if c.check == "max_model_len"}
+    assert lens["llama31-8b-wintermute"].startswith("16384")
+
+
+async def test_smoke_fails_when_the_backend_runs_another_max_model_len() -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=20) as running:
+        target = target_from_fleet(running.fleet, url=running.gateway_url, api_key=running.api_key)
+        # the plan says 16384; pretend the fleet file had planned 32768 for wintermute
+        target.models = [
+            ModelUnderTest(**{**m.__dict__, "max_model_len": 32768})
+            if m.name == "llama31-8b-wintermute"
+            else m
+            for m in target.models
+        ]
+        report = await run_smoke(target, ["llama31-8b-wintermute"])
+    failed = [c for c in report.checks if c.ok is False]
+    assert [c.check for c in failed] == ["max_model_len"]
+    assert not report.ok
+
+
+async def test_smoke_fails_when_the_gateway_lets_one_token_more_through() -> None:
+    # A target that claims a lower input limit than the gateway enforces: the "limit + 1"
+    # request then succeeds, which the smoke test must call a failure.
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=20) as running:
+        target = target_from_fleet(running.fleet, url=running.gateway_url, api_key=running.api_key)
+        target.models = [
+            ModelUnderTest(**{**m.__dict__, "max_input_tokens": 6000})
+            for m in target.models
+            if m.name == "qwen2.5-7b-armitage"
+        ]
+        report = await run_smoke(target)
+    by_check = {c.check: c for c in report.checks}
+    assert by_check["exact input"].ok
+    assert by_check["input + 1"].ok is False and by_check["input + 1"].got == "200"
+
+
+# -- burst ---------------------------------------------------------------------------------------
+
+SMALL_QUEUE = textwrap.dedent(
+    """
+    version: 1
+    hosts:
+      box: {address: 127.0.0.1, transport: local, gpus: [RTX 3090]}
+    deployments:
+      tiny: {host: box, model: meta-llama/Llama-3.1-8B-Instruct, served_model_name: tiny,
+             max_model_len: 4096, max_num_seqs: 1}
+    gateway:
+      host: box
+      routes:
+        tiny:
+          deployments: [tiny]
+          max_input_tokens: 3000
+          max_output_tokens: 256
+          concurrency: 1
+          queue_depth: 1
+          queue_wait_s: 30
+    """
+)
+
+
+async def test_burst_through_the_gateway_counts_streams_and_latencies() -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=20) as running:
+        config = BurstConfig(
+            model="llama31-8b-wintermute-burst",
+            concurrency=20,
+            requests=30,
+            stream=True,
+            prompt_tokens=(32, 64),
+            max_tokens=(8, 24),
+        )
+        report = await run_burst(running.gateway_url, config, running.api_key)
+    s = report.summary()
+    assert s["requests"] == 30 and s["failed"] == 0, s
+    assert s["by_status"] == {"200": 30}
+    assert s["ttft_s"]["count"] == 30 and s["itl_s"]["count"] > 0
+    assert all(r.completion_tokens and 1 <= r.completion_tokens <= 24 for r in report.results)
+    assert s["output_tokens"] == sum(r.completion_tokens or 0 for r in report.results)
+    page = burst_html(report)
+    assert page.count("<svg") >= 4 and "http://www.w3.org/2000/svg" in page
+    assert "<script" not in page and "src=" not in page  # self-contained: nothing fetched
+
+
+async def test_burst_retries_429_after_retry_after_and_counts_only_final_failures() -> None:
+    fleet = parse_fleet(SMALL_QUEUE).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=20) as running:
+        base = BurstConfig(model="tiny", concurrency=6, requests=6, max_tokens=(8, 8))
+        no_retry = await run_burst(
+            running.gateway_url, BurstConfig(**{**base.__dict__, "retry": False})
+        )
+        retried = await run_burst(running.gateway_url, base)
+    s = no_retry.summary()
+    # one running, one queued: the other four are refused with 429 and not retried
+    assert s["by_status"].get("429", 0) >= 3, s
+    assert s["failures_by_reason"] == {"rate_limit_exceeded": s["failed"]}
+    assert all(r.attempts == 1 for r in no_retry.results)
+    r = retried.summary()
+    assert r["failed"] == 0 and r["responses_429"] >= 3, r
+    assert r["retried_requests"] >= 3
+
+
+async def test_burst_is_bounded_by_duration_and_reports_connection_failures() -> None:
+    config = BurstConfig(model="m", rate=50, requests=10_000, duration_s=0.5, timeout_s=2)
+    report = await run_burst("http://127.0.0.1:9", config)  # nothing listens on port 9
+    assert 0 < len(report.results) < 10_000
+    assert report.failed == len(report.results)
+    assert set(report.summary()["failures_by_reason"]) == {"connection_refused"}
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def test_smoke_and_burst_commands_against_a_bare_sim(tmp_path: Path) -> None:
+    config = SimConfig(model="m", max_model_len=2048, max_num_seqs=2, decode_tps=2000)
+    with SimServer(config).run_in_thread() as sim:
+        result = runner.invoke(app, ["smoke", sim.url, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["ok"] is True
+        out_json, out_html = tmp_path / "b.json", tmp_path / "b.html"
+        result = runner.invoke(
+            app,
+            [
+                "burst",
+                sim.url,
+                "--model",
+                "m",
+                "--concurrency",
+                "4",
+                "--requests",
+                "12",
+                "--stream",
+                "--max-tokens",
+                "4-12",
+                "--prompt-tokens",
+                "10-40",
+                "--json",
+                str(out_json),
+                "--html",
+                str(out_html),
+                "--max-errors",
+                "0",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        assert "12 requests" in result.output
+        data = json.loads(out_json.read_text())
+        assert data["summary"]["succeeded"] == 12 and len(data["results"]) == 12
+        assert "<svg" in out_html.read_text()
+        # --max-errors is a gate: every request to an unknown model fails
+        result = runner.invoke(
+            app, ["burst", sim.url, "--model", "nope", "--requests", "3", "--max-errors", "1"]
+        )
+        assert result.exit_code == 1
+        assert "404" in result.output
+
+
+def test_smoke_command_exits_1_on_failure() -> None:
+    config = SimConfig(model="m", max_model_len=2048, max_num_seqs=2)
+    with SimServer(config).run_in_thread() as sim:
+        fleet = textwrap.dedent(
+            f"""
+            version: 1
+            hosts: {{box: {{address: 127.0.0.1, transport: local, gpus: [RTX 3090]}}}}
+            deployments:
+              m: {{host: box, port: {sim.port}, model: x, served_model_name: m,
+                  max_model_len: 4096}}
+            gateway:
+              host: box
+              port: {sim.port}
+              routes: {{m: {{deployments: [m], max_input_tokens: 3000, max_output_tokens: 100}}}}
+            """
+        )
+        # the "gateway" here is the bare sim, which knows 2048 and no route limits
+        target = Target(sim.url, None, target_from_fleet(parse_fleet(fleet).fleet).models)
+        assert target.models[0].max_model_len == 4096
+        report = asyncio.run(run_smoke(target))
+    assert not report.ok
+    failed = {c.check for c in report.checks if c.ok is False}
+    assert {"exact input", "max_model_len"} <= failed
