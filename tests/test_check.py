@@ -1,0 +1,59 @@
+"""``fleetgate check``: the acceptance criteria pass on the reference fleet, and can fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fleetgate.cli import app
+from fleetgate.local.acceptance import broken_change, burst_model, rollback_fleet
+from fleetgate.sim import SimConfig, SimServer
+from fleetgate.spec import load_fleet
+
+HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
+runner = CliRunner()
+
+
+def test_burst_model_is_the_burst_profile_of_the_concurrency_2_backend() -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    assert burst_model(fleet) == "llama31-8b-wintermute-burst"
+
+
+def test_the_broken_change_does_not_fit_the_kv_cache(tmp_path: Path) -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    good = rollback_fleet(fleet, tmp_path, "/bin/python", "/bin/fleetgate")
+    bad = broken_change(good)
+    (dep,) = bad["deployments"].values()
+    kv = int(dep["env"]["FLEETGATE_SIM_KV_CACHE_TOKENS"])
+    assert dep["max_model_len"] > kv
+    (good_dep,) = good["deployments"].values()
+    assert good_dep["max_model_len"] == 16384 <= kv
+
+
+def test_check_passes_on_the_homelab_fleet() -> None:
+    result = runner.invoke(app, ["check", str(HOMELAB), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["ok"] is True
+    assert [c["number"] for c in report["criteria"]] == [1, 2, 3, 4]
+    rollback = report["criteria"][3]["data"]
+    assert rollback["second"]["action"] == "rolled back"
+    assert rollback["current"] == rollback["first"]["release"]
+    assert "estimated maximum model length" in rollback["second"]["log_tail"]
+    assert report["criteria"][1]["data"]["failed"] <= 1
+
+
+def test_check_fails_against_a_backend_that_enforces_no_route_limits() -> None:
+    # --url at a bare backend instead of the gateway: nothing enforces the routes' limits
+    config = SimConfig(model="llama31-8b-wintermute", max_model_len=16384, max_num_seqs=2)
+    with SimServer(config).run_in_thread() as sim:
+        result = runner.invoke(
+            app, ["check", str(HOMELAB), "--url", sim.url, "--no-rollback", "--json"]
+        )
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    by_number = {c["number"]: c for c in report["criteria"]}
+    assert by_number[1]["ok"] is False
+    assert 4 not in by_number
