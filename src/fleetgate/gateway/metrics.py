@@ -5,6 +5,7 @@ in-flight, health) are read from the admission state when scraped, costing nothi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -42,6 +43,22 @@ class _AdmissionCollector(Collector):
             capacity.add_metric([name], pool.capacity)
             healthy.add_metric([name], 1 if pool.healthy else 0)
         yield from (depth, in_flight, capacity, healthy)
+
+
+class _Children:
+    """``metric.labels(...)`` costs a lock and a dict build per call; look each child up once."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
 
 
 class GatewayMetrics:
@@ -90,6 +107,8 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_AdmissionCollector(admission))
+        for name in ("requests", "queue_wait", "upstream_latency", "ttft", "tokens", "retries"):
+            setattr(self, name, _Children(getattr(self, name)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
