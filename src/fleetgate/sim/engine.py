@@ -52,6 +52,7 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     _timer: asyncio.TimerHandle | None = None
+    _due: float = 0.0  # loop time the current token was due at
     _text: str = ""
     _sent: int = 0
     _stop_room: int = 0
@@ -170,9 +171,14 @@ class Engine:
         shared = len(self.running) / (cfg.batch_tps or cfg.decode_tps)
         return max(1.0 / cfg.decode_tps, shared) * self.faults.slow_factor
 
-    def _arm(self, seq: Sequence, delay: float) -> None:
+    def _arm(self, seq: Sequence, delay: float, *, cadence: bool = False) -> None:
+        """Run ``_step`` after ``delay``; with ``cadence``, after the previous token's due time,
+        so the event loop's own lateness does not slow decoding down (up to a second's lag)."""
         loop = asyncio.get_running_loop()
-        seq._timer = loop.call_later(delay, self._step, seq)
+        now = loop.time()
+        due = seq._due + delay if cadence else now + delay
+        seq._due = due if due > now - 1.0 else now
+        seq._timer = loop.call_at(seq._due, self._step, seq)
 
     def _preempt_for(self, seq: Sequence) -> bool:
         """Free blocks for ``seq`` by preempting the newest other running sequence."""
@@ -220,7 +226,7 @@ class Engine:
 
         out = self._next_output(seq)
         if out.finish_reason is None:
-            self._arm(seq, self._decode_interval())
+            self._arm(seq, self._decode_interval(), cadence=True)
         else:
             self._finish(seq, out.finish_reason)
         seq.deliver(out)
