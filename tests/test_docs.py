@@ -1,0 +1,122 @@
+"""The docs' commands work as written, and the homelab Makefile calls fleetgate.
+
+Every ``fleetgate`` line in a bash block of docs/*.md must parse (command, options and
+arguments, checked by the CLI's own parser); the ones that run locally and quickly (plan,
+validate, render) are run for real. Long-running or remote ones (up, serve, deploy, smoke, ...)
+are parsed only: their behaviour has its own tests.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fleetgate.cli import app
+
+ROOT = Path(__file__).parent.parent
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+RUN_FOR_REAL = {"plan", "validate", "render", "--help"}
+MAKE_TARGETS = [
+    "help", "validate", "plan", "backup-configs", "deploy-wintermute", "deploy-armitage",
+    "deploy-proxy", "health-check", "test-context", "test-burst", "rollback-wintermute",
+    "rollback-armitage", "rollback-proxy",
+]  # fmt: skip
+
+
+def bash_lines(path: Path) -> list[str]:
+    """Each command of each ```bash block, continuation lines joined."""
+    lines: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def doc_commands() -> list[tuple[str, list[str], dict[str, str]]]:
+    """(doc name, fleetgate argv, environment exported before it in that doc)."""
+    out = []
+    for doc in DOCS:
+        env: dict[str, str] = {}
+        for line in bash_lines(doc):
+            if line.startswith("export "):
+                name, _, value = line[len("export ") :].partition("=")
+                env[name] = value
+            elif line.startswith("fleetgate "):
+                out.append((doc.name, shlex.split(line)[1:], dict(env)))
+    return out
+
+
+def parse(argv: list[str]) -> Any:
+    """Parse a command line with the CLI's own parser, without running it (raises on errors)."""
+    group: Any = typer.main.get_command(app)
+    if argv == ["--help"]:
+        return group.make_context("fleetgate", ["--help"], resilient_parsing=True)
+    assert argv and argv[0] in group.commands, f"no command {argv[:1]}"
+    return group.commands[argv[0]].make_context(argv[0], list(argv[1:]))
+
+
+COMMANDS = doc_commands()
+
+
+def test_the_docs_exist_and_have_commands() -> None:
+    names = {d.name for d in DOCS}
+    assert {
+        "getting-started.md",
+        "fleet-file.md",
+        "troubleshooting.md",
+        "deployment-checklist.md",
+    } <= names
+    used = {argv[0] for _, argv, _ in COMMANDS}
+    assert {"up", "check", "plan", "validate", "render", "deploy", "rollback", "smoke"} <= used
+
+
+@pytest.mark.parametrize(
+    ("doc", "argv", "env"), COMMANDS, ids=[f"{d}:{' '.join(a)[:60]}" for d, a, _ in COMMANDS]
+)
+def test_doc_command(doc: str, argv: list[str], env: dict[str, str], tmp_path: Path) -> None:
+    parse(argv)
+    if argv[0] not in RUN_FOR_REAL:
+        return
+    argv = list(argv)
+    if "--out" in argv:
+        argv[argv.index("--out") + 1] = str(tmp_path / "out")
+    result = CliRunner().invoke(app, argv, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, f"{doc}: fleetgate {' '.join(argv)}\n{result.output}"
+    if argv[0] == "render":
+        assert any((tmp_path / "out").rglob("*.sh"))
+
+
+def test_troubleshooting_numbers_match_the_planner() -> None:
+    """The fp16 fallback figures quoted in troubleshooting.md are the planner's."""
+    result = CliRunner().invoke(app, ["plan", str(ROOT / "examples/homelab/fleet.yaml")])
+    text = (ROOT / "docs" / "troubleshooting.md").read_text()
+    for figure in ("79,696", "39,840", "42,688", "21,344"):
+        assert figure in text and figure in result.output, figure
+
+
+@pytest.mark.parametrize("target", MAKE_TARGETS)
+def test_makefile_target_calls_fleetgate(target: str) -> None:
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT / "examples" / "homelab"), target],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    commands = [
+        part.strip()
+        for line in out.splitlines()
+        for part in line.split("&&")
+        if part.strip().startswith("fleetgate")
+    ]
+    assert commands, out
+    for command in commands:
+        parse(shlex.split(command)[1:])
