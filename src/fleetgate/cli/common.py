@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from fleetgate.cli.app import err_console
-from fleetgate.spec import FleetError, LoadedFleet, Problem, load_fleet
+from fleetgate.spec import FleetError, LoadedFleet, Problem, check_fleet, load_fleet
 
 
 def print_problems(problems: list[Problem], file: str | None) -> None:
@@ -16,10 +16,20 @@ def print_problems(problems: list[Problem], file: str | None) -> None:
         err_console.print(f"[{style}]{p.level}[/]: {p.format(file)}", highlight=False)
 
 
-def load_or_exit(path: Path, *, strict_env: bool = True) -> LoadedFleet:
-    """Load a fleet file or print every problem and exit 1."""
+def load_or_exit(path: Path, *, strict_env: bool = True, check: bool = True) -> LoadedFleet:
+    """Load a fleet file or print every problem and exit 1.
+
+    With ``check``, cross-check errors (``check_fleet``) are fatal too; warnings are left to
+    ``fleetgate validate``.
+    """
     try:
-        return load_fleet(path, strict_env=strict_env)
+        loaded = load_fleet(path, strict_env=strict_env)
     except FleetError as exc:
         print_problems(exc.problems, exc.file)
         raise typer.Exit(1) from None
+    if check:
+        errors = [p for p in check_fleet(loaded.fleet) if p.level == "error"]
+        if errors:
+            print_problems(errors, str(path))
+            raise typer.Exit(1)
+    return loaded

@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.cli.common import load_or_exit
 from fleetgate.deploy import (
     GateTarget,
     HostDeployer,
@@ -25,7 +25,6 @@ from fleetgate.deploy import (
     transport_for,
 )
 from fleetgate.render import MANIFEST, RenderError, Source, render_host, source_of
-from fleetgate.spec import check_fleet
 
 SSH_CONFIG = typer.Option(None, "--ssh-config", help="an ssh_config file for ssh -F")
 BACKUPS = typer.Option(
@@ -39,10 +38,6 @@ def _source(fleet: Path) -> Source:
     except RenderError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    errors = [p for p in check_fleet(source.fleet) if p.level == "error"]
-    if errors:
-        print_problems(errors, str(fleet))
-        raise typer.Exit(1)
     return source
 
 

@@ -14,7 +14,7 @@ from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan import DeploymentPlan, PlanInput, memory_bar, plan_deployment, plan_input
-from fleetgate.spec import FleetError, check_fleet, lookup_gpu
+from fleetgate.spec import FleetError, lookup_gpu
 
 
 class KvDtype(StrEnum):
@@ -70,9 +70,6 @@ def plan(
     try:
         if fleet is not None:
             loaded = load_or_exit(fleet, strict_env=False)
-            errors = [p for p in check_fleet(loaded.fleet) if p.level == "error"]
-            if errors:
-                raise FleetError(str(fleet), errors)
             plans = [plan_deployment(plan_input(loaded.fleet, n)) for n in loaded.fleet.deployments]
         else:
             assert model is not None

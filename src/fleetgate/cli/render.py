@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 
 from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.cli.common import load_or_exit
 from fleetgate.render import RenderError, render_host, render_litellm, source_of
-from fleetgate.spec import check_fleet
 
 
 @app.command()
@@ -28,10 +27,6 @@ def render(
     except RenderError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    errors = [p for p in check_fleet(source.fleet) if p.level == "error"]
-    if errors:
-        print_problems(errors, str(fleet))
-        raise typer.Exit(1)
     unknown = [h for h in host if h not in source.fleet.hosts]
     if unknown:
         err_console.print(f"[red]error:[/] no host named {', '.join(unknown)} in {fleet}")

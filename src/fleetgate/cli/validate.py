@@ -21,7 +21,7 @@ def validate(
     Errors exit 1; warnings (fp8 KV cache on GPUs that lack it, a memory utilization a Windows
     desktop will likely refuse) are printed and exit 0.
     """
-    loaded = load_or_exit(fleet)
+    loaded = load_or_exit(fleet, check=False)
     problems = check_fleet(loaded.fleet)
     if not any(p.level == "error" for p in problems):
         problems += plan_problems(loaded.fleet)
