@@ -23,6 +23,7 @@ ENDPOINTS = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/models",
+    "/tokenize",
     "/health/live",
     "/health/ready",
     "/metrics",
@@ -213,7 +214,7 @@ def test_broken_http_is_refused_without_a_5xx(gateway_port: int, raw: bytes) -> 
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/tokenize"]),
     body=chatish.map(lambda d: json.dumps(d).encode()),
     extra=headers,
 )

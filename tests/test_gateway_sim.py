@@ -638,6 +638,45 @@ async def test_completions_endpoint_and_models(sim, client) -> None:
         assert data[ROUTE]["max_model_len"] == 512 and data[ROUTE]["max_input_tokens"] == 100
 
 
+async def test_tokenize_answers_the_backends_count_under_the_public_name(sim, client) -> None:
+    async def tokenize(session: aiohttp.ClientSession, url: str, body: Any, **kw: Any):
+        async with session.post(url + "/tokenize", json=body, **kw) as resp:
+            return resp.status, await resp.json(), resp.headers
+
+    async with gateway(doc_for(sim)) as gw, aiohttp.ClientSession() as anon:
+        messages = [{"role": "user", "content": words(37)}]
+        for text in ({"messages": messages}, {"prompt": words(9)}):
+            status, via, _ = await tokenize(client, gw.url, {"model": ROUTE, **text})
+            assert status == 200, via
+            _, direct, _ = await tokenize(anon, sim.url, {"model": "tiny", **text})
+            assert via == direct
+        assert via["count"] == 9 + 1  # <s> and the words
+        _, chat_count, _ = await tokenize(client, gw.url, {"model": ROUTE, "messages": messages})
+        assert chat_count["count"] == 37 + TEMPLATE and chat_count["max_model_len"] == 512
+
+        status, body, _ = await tokenize(anon, gw.url, {"model": ROUTE, "messages": messages})
+        assert_error(status, body, 401, "missing")
+        limited = {"Authorization": f"Bearer {LIMITED_KEY}"}
+        body_in = {"model": ROUTE, "messages": messages}
+        status, body, _ = await tokenize(anon, gw.url, body_in, headers=limited)
+        assert_error(status, body, 403, ROUTE)
+        status, body, _ = await tokenize(client, gw.url, {"model": "nope", "messages": messages})
+        assert_error(status, body, 404, "nope", ROUTE)
+        status, body, _ = await tokenize(client, gw.url, {"model": ROUTE, "messages": "hi"})
+        assert_error(status, body, 400, "messages")
+        status, body, _ = await tokenize(client, gw.url, {"model": ROUTE})
+        assert_error(status, body, 400, "prompt")
+
+        sim.set_faults("dead")
+        await eventually(lambda: not gw.gateway.upstream.healthy("d1"))
+        status, body, headers = await tokenize(client, gw.url, body_in)
+        assert_error(status, body, 503, "down")
+        assert int(headers["Retry-After"]) >= 1
+        async with client.get(gw.url + "/metrics") as resp:
+            scraped = await resp.text()
+        assert f'fleetgate_requests_total{{model="{ROUTE}",reason="",status="200"}} 3.0' in scraped
+
+
 async def test_redis_backed_replicas_share_rpm(sim, client) -> None:
     import uuid
 

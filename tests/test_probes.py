@@ -8,9 +8,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests.support.gateway import make_fleet, sim_fleet
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
+from fleetgate.gateway import serve
 from fleetgate.local import local_fleet
 from fleetgate.probes import (
     BurstConfig,
@@ -132,6 +134,43 @@ async def test_smoke_fails_when_the_gateway_lets_one_token_more_through() -> Non
     by_check = {c.check: c for c in report.checks}
     assert by_check["exact input"].ok
     assert by_check["input + 1"].ok is False and by_check["input + 1"].got == "200"
+
+
+async def test_smoke_by_url_counts_tokens_through_the_gateways_tokenize() -> None:
+    # Only the URL and a key: no fleet file names a backend, so every count is the gateway's.
+    key = "sk-smoke-url-0001"
+    config = SimConfig(model="tiny", max_model_len=512, max_num_seqs=4, decode_tps=5000)
+    async with SimServer(config) as sim:
+        route = {
+            "deployments": ["d1"],
+            "max_input_tokens": 300,
+            "max_output_tokens": 40,
+            "profiles": {"tiny-long": {"max_input_tokens": 420, "max_output_tokens": 80}},
+        }
+        doc = sim_fleet(
+            {"d1": (sim.port, 512, 4)},
+            {"tiny": route},
+            api_keys=[{"name": "smoke", "key": key}],
+            aliases={"tiny-alias": "tiny"},
+        )
+        async with serve(make_fleet(doc)) as gw:
+            target = await target_from_url(gw.url, key)
+            assert {m.name for m in target.models} == {"tiny", "tiny-long"}
+            result = await asyncio.to_thread(
+                runner.invoke, app, ["smoke", gw.url, "--api-key", key, "--json"]
+            )
+            refused = await run_smoke(Target(gw.url, None, target.models))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    checks = {(c["model"], c["check"]): c for c in report["checks"]}
+    assert checks[("tiny", "exact input")]["expected"] == "200 for 300 in + 40 out"
+    assert checks[("tiny-long", "exact input")]["expected"] == "200 for 420 in + 80 out"
+    assert checks[("tiny", "input + 1")]["ok"] is True
+    assert checks[("tiny-long", "max_model_len")]["got"] == "512 (via gateway)"
+    # without the key the gateway counts nothing: the smoke test fails instead of guessing
+    assert not refused.ok
+    assert all("401" in c.got for c in refused.checks if c.check == "exact input")
 
 
 # -- burst ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from aiohttp import web
 from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, forbidden, unauthorized
 from fleetgate.gateway.metrics import CONTENT_TYPE
-from fleetgate.gateway.proxy import authenticate, completions
+from fleetgate.gateway.proxy import authenticate, completions, tokenize
 from fleetgate.gateway.state import FleetLoader, Gateway, ReloadError
 from fleetgate.spec import Fleet
 
@@ -27,6 +27,7 @@ _ROUTES = {
     "/v1/chat/completions": ("POST",),
     "/v1/completions": ("POST",),
     "/v1/models": ("GET",),
+    "/tokenize": ("POST",),
     "/health/live": ("GET",),
     "/health/ready": ("GET",),
     "/metrics": ("GET",),
@@ -46,6 +47,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
     return await completions(request, request.app[GATEWAY], "completion", "/v1/completions")
+
+
+async def tokenize_prompt(request: web.Request) -> web.Response:
+    return await tokenize(request, request.app[GATEWAY])
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -136,6 +141,7 @@ def create_app(fleet: Fleet, *, loader: FleetLoader | None = None) -> web.Applic
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", text_completions)
     app.router.add_get("/v1/models", list_models, allow_head=False)
+    app.router.add_post("/tokenize", tokenize_prompt)
     app.router.add_get("/health/live", live, allow_head=False)
     app.router.add_get("/health/ready", ready, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)

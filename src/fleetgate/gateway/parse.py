@@ -180,3 +180,19 @@ def _check_completion(body: dict[str, Any]) -> tuple[int | None, int]:
     raise bad_request(
         "prompt is required: a string, an array of strings, or token ids", param="prompt"
     )
+
+
+def parse_tokenize(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """A ``/tokenize`` body as vLLM takes it: ``model`` plus ``messages`` or a ``prompt``
+    string. Returns the public model name and the rest, to forward to the backend."""
+    body = load_json(raw)
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.pop("model", None)
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required and must be a non-empty string", param="model")
+    if "messages" in body:
+        _check_chat(body)
+    elif not isinstance(body.get("prompt"), str):
+        raise bad_request("messages (an array) or prompt (a string) is required", param="prompt")
+    return model, body

@@ -3,6 +3,9 @@
 Order: API key (401/403) -> body (413/400) -> model (404) -> a healthy deployment (503) ->
 token limits (400) -> RPM/TPM (429) -> a concurrency slot (429 when the queue is full or the
 wait runs out) -> upstream (502/504; a backend's 4xx is passed through as it is).
+
+``/tokenize`` takes the same path up to a healthy deployment, then asks it for its count
+(no limits, no slot: counting is cheap and admission itself relies on it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fleetgate.gateway.errors import (
     unavailable,
 )
 from fleetgate.gateway.http import ProtocolError, Response
-from fleetgate.gateway.parse import ParsedRequest, parse_request
+from fleetgate.gateway.parse import ParsedRequest, parse_request, parse_tokenize
 from fleetgate.gateway.ratelimit import Quota
 from fleetgate.gateway.state import Gateway
 from fleetgate.gateway.upstream import error_message
@@ -90,6 +93,7 @@ class _Record:
     __slots__ = (
         "attempts",
         "deployment",
+        "endpoint",
         "key",
         "lane",
         "model",
@@ -102,7 +106,8 @@ class _Record:
         "ttft_s",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
         self.model = self.lane = self.deployment = self.key = self.reason = None
         self.status = 0
         self.queue_wait_s = self.ttft_s = None
@@ -222,7 +227,7 @@ async def completions(
     request: web.Request, gw: Gateway, kind: str, path: str
 ) -> web.StreamResponse:
     started = perf_counter()
-    rec = _Record()
+    rec = _Record(kind)
     config = gw.config
     try:
         key = authenticate(config, request)
@@ -230,20 +235,7 @@ async def completions(
         raw = await read_body(request, config.max_body_bytes)
         req = parse_request(kind, raw)
         rec.stream = req.stream
-        model = config.models.get(req.model)
-        if model is None:
-            raise not_found(
-                f"the model {req.model[:200]!r} does not exist on this gateway; "
-                f"available: {', '.join(sorted(config.models))}"
-            )
-        rec.model, rec.lane = model.name, model.lane
-        if key is not None and not key.allows(model):
-            raise forbidden(f"the API key {key.name!r} is not allowed to use {model.name!r}")
-        if not gw.admission.any_healthy(model.deployments):
-            raise unavailable(
-                f"every deployment of {model.route!r} is down ({', '.join(model.deployments)})",
-                retry_after=config.health.interval_s,
-            )
+        model = _resolve(gw, key, req.model, rec)
         admitted = await check_tokens(gw, model, req)
         rec.tokens_in = admitted.prompt_tokens
         quota = Quota(model.lane, model.rpm, model.tpm)
@@ -257,6 +249,52 @@ async def completions(
         raise
     finally:
         _finish(gw, rec, started)
+
+
+async def tokenize(request: web.Request, gw: Gateway) -> web.Response:
+    """The backend's own token count (and max_model_len) for a prompt under a public name, so
+    a client can build a prompt of an exact length: the smoke probe does."""
+    started = perf_counter()
+    rec = _Record("tokenize")
+    config = gw.config
+    try:
+        key = authenticate(config, request)
+        rec.key = key.name if key else None
+        raw = await read_body(request, config.max_body_bytes)
+        name, payload = parse_tokenize(raw)
+        model = _resolve(gw, key, name, rec)
+        answer = await gw.upstream.tokenize(model.deployments, payload)
+        rec.deployment, rec.tokens_in, rec.status = answer.deployment, answer.count, 200
+        return web.Response(body=json.dumps(answer.body).encode(), content_type=_JSON_TYPE)
+    except GatewayError as exc:
+        rec.status, rec.reason = exc.status, exc.reason
+        return exc.response()
+    except (asyncio.CancelledError, ConnectionError):
+        rec.status, rec.reason = 499, "client_disconnected"
+        raise
+    finally:
+        _finish(gw, rec, started)
+
+
+def _resolve(gw: Gateway, key: KeyConfig | None, name: str, rec: _Record) -> ModelConfig:
+    """The public model ``name`` if it exists (404), the key may use it (403) and one of its
+    deployments is up (503)."""
+    config = gw.config
+    model = config.models.get(name)
+    if model is None:
+        raise not_found(
+            f"the model {name[:200]!r} does not exist on this gateway; "
+            f"available: {', '.join(sorted(config.models))}"
+        )
+    rec.model, rec.lane = model.name, model.lane
+    if key is not None and not key.allows(model):
+        raise forbidden(f"the API key {key.name!r} is not allowed to use {model.name!r}")
+    if not gw.admission.any_healthy(model.deployments):
+        raise unavailable(
+            f"every deployment of {model.route!r} is down ({', '.join(model.deployments)})",
+            retry_after=config.health.interval_s,
+        )
+    return model
 
 
 async def _forward(
@@ -459,7 +497,8 @@ async def _stream_error(out: web.StreamResponse, error: GatewayError) -> None:
 
 def _finish(gw: Gateway, rec: _Record, started: float) -> None:
     gw.metrics.requests.labels(rec.lane or "", str(rec.status), rec.reason or "").inc()
-    if rec.tokens_in is not None and rec.lane is not None and rec.status == 200:
+    counted = rec.endpoint != "tokenize"  # a count asked for is not a token served
+    if counted and rec.tokens_in is not None and rec.lane is not None and rec.status == 200:
         gw.metrics.tokens.labels(rec.lane, "in").inc(rec.tokens_in)
         if rec.tokens_out:
             gw.metrics.tokens.labels(rec.lane, "out").inc(rec.tokens_out)

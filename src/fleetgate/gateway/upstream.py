@@ -12,7 +12,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
@@ -44,6 +44,14 @@ def error_message(body: bytes) -> str:
         if isinstance(err, str):
             return err
     return body[:200].decode("utf-8", "replace")
+
+
+class Tokenized(NamedTuple):
+    """A backend's ``/tokenize`` answer: who counted, the count, and the whole body."""
+
+    deployment: str
+    count: int
+    body: dict[str, Any]
 
 
 class Upstream:
@@ -174,6 +182,15 @@ class Upstream:
 
     async def count_tokens(self, candidates: tuple[str, ...], payload: dict[str, Any]) -> int:
         """The backend's token count for one prompt (chat template applied for messages)."""
+        return (await self.tokenize(candidates, payload)).count
+
+    async def tokenize(self, candidates: tuple[str, ...], payload: dict[str, Any]) -> Tokenized:
+        """The answer of a healthy deployment's ``/tokenize`` to ``payload`` (which carries no
+        ``model``: each deployment gets its served name), the least busy one tried first.
+
+        A backend's 4xx is the client's fault and raised as such; anything else moves on to the
+        next deployment, and 502 when none answered with a count.
+        """
         names = sorted(
             (n for n in candidates if self.healthy(n) and n in self.deployments),
             key=lambda n: self.admission.pools[n].in_use,
@@ -181,7 +198,7 @@ class Upstream:
         last = "no healthy deployment"
         for name in names[: self.retries + 1]:
             dep = self.deployments[name]
-            body = json.dumps({"model": dep.served_model, **payload}).encode()
+            body = json.dumps({**payload, "model": dep.served_model}).encode()
             try:
                 resp = await self.client.request("POST", dep.url, "/tokenize", body)
                 raw = await resp.read()
@@ -191,11 +208,12 @@ class Upstream:
                 continue
             if resp.status == 200:
                 try:
-                    count = json.loads(raw)["count"]
-                except (ValueError, KeyError, TypeError):
-                    count = None
-                if isinstance(count, int):
-                    return count
+                    answer = json.loads(raw)
+                except ValueError:
+                    answer = None
+                count = answer.get("count") if isinstance(answer, dict) else None
+                if isinstance(count, int) and not isinstance(count, bool):
+                    return Tokenized(name, count, answer)
                 last = f"deployment {name!r} sent a /tokenize answer without a count"
             elif 400 <= resp.status < 500 and resp.status != 404:
                 raise GatewayError(
