@@ -8,8 +8,11 @@ same story is in test_deploy_vllm.py; this one is fast and covers the release bo
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +21,16 @@ import yaml
 from typer.testing import CliRunner
 
 from fleetgate.cli.app import app
-from fleetgate.deploy import GateTarget, diff_releases, probe
+from fleetgate.deploy import (
+    GateTarget,
+    HostDeployer,
+    LocalTransport,
+    diff_releases,
+    host_ops,
+    probe,
+)
+from fleetgate.render import render_host, source_of
+from fleetgate.spec import load_fleet
 
 STAND_IN = r"""
 import argparse, json, os, sys, time
@@ -110,7 +122,7 @@ def box(tmp_path: Path):
     """A local host with a workdir under tmp_path; stops whatever the tests started there."""
     workdir = tmp_path / "host"
     yield {"address": "127.0.0.1", "transport": "local", "workdir": str(workdir)}
-    for script in sorted(workdir.glob("releases/*/tiny/start-vllm.sh")):
+    for script in sorted(workdir.glob("releases/*/*/start-vllm.sh")):
         subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=60)
 
 
@@ -230,3 +242,127 @@ def test_diff_ignores_release_metadata() -> None:
     old = {"a.sh": b"x\n", "release.json": b"{}"}
     assert diff_releases(old, {"a.sh": b"x\n", "release.json": b"{1}"}) == ""
     assert "+y" in diff_releases(old, {"a.sh": b"y\n"})
+
+
+def test_the_first_failed_gate_skips_the_rest_and_rolls_back_at_once(
+    tmp_path: Path, box: dict
+) -> None:
+    python = stand_in_python(tmp_path)
+    fleet = tmp_path / "fleet.yaml"
+    ports = free_port(), free_port()
+    steps: list[str] = []
+
+    def deploy(tiny_len: int):
+        write_fleet(
+            fleet, host=box, python=python, port=ports[0], max_model_len=tiny_len, kv_tokens=2048
+        )
+        doc = yaml.safe_load(fleet.read_text())
+        doc["deployments"]["other"] = {
+            **doc["deployments"]["tiny"],
+            "port": ports[1],
+            "served_model_name": "other",
+            "max_model_len": 512,
+        }
+        fleet.write_text(yaml.safe_dump(doc, sort_keys=False))
+        deployer = HostDeployer(
+            "box",
+            host_ops(LocalTransport(), "linux", box["workdir"]),
+            backups=tmp_path / "backups",
+            gate_timeout_s=60,
+            step=steps.append,
+        )
+        steps.clear()
+        return deployer.deploy(render_host(source_of(load_fleet(fleet)), "box"), fleet_file="f")
+
+    good = deploy(1024)
+    assert good.ok, good.messages
+    assert [s for s in steps if s.startswith("health gate")] == [
+        "health gate: tiny",
+        "health gate: other",
+    ]
+
+    bad = deploy(4096)  # tiny cannot start; other would be healthy but is never probed
+    assert not bad.ok and bad.action == "rolled back", bad.messages
+    assert [s for s in steps if s.startswith("health gate")] == [
+        "health gate: tiny",  # the new release: tiny fails, the gating stops there
+        "health gate: tiny",  # the old release again, after the rollback
+        "health gate: other",
+    ]
+    assert "other: health gate skipped (tiny failed)" in bad.messages
+    assert not any(m.startswith(f"other ({bad.release})") for m in bad.messages)
+    assert "estimated maximum model length is 2048" in bad.log_tail
+    assert "other's log" not in bad.log_tail
+    assert served_len(ports[0]) == 1024 and served_len(ports[1]) == 512
+
+
+def _deploy_killed_at(point: str, fleet: Path, backups: Path) -> None:
+    """Run ``fleetgate deploy`` in a process, wait until it pauses at ``point``, SIGKILL it."""
+    argv = [sys.executable, "-c", "from fleetgate.cli import main; main()", "deploy", str(fleet)]
+    proc = subprocess.Popen(
+        [*argv, "--backups", str(backups), "--gate-timeout", "60"],
+        env={**os.environ, "FLEETGATE_TEST_PAUSE_AT": point},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if f"paused at {point}" in line:
+                break
+        else:
+            pytest.fail(f"the deploy ended without reaching {point}: {''.join(seen)}")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("point", ["uploaded", "switched"])
+def test_a_deploy_killed_midway_leaves_a_whole_release_and_the_next_one_recovers(
+    tmp_path: Path, box: dict, point: str
+) -> None:
+    python = stand_in_python(tmp_path)
+    port = free_port()
+    fleet = tmp_path / "fleet.yaml"
+    backups = tmp_path / "backups"
+    runner = CliRunner()
+    workdir = Path(box["workdir"])
+
+    def write(max_model_len: int) -> None:
+        write_fleet(
+            fleet, host=box, python=python, port=port, max_model_len=max_model_len, kv_tokens=4096
+        )
+
+    write(1024)
+    first = runner.invoke(app, ["deploy", str(fleet), "--backups", str(backups)])
+    assert first.exit_code == 0, first.output
+    (v1,) = [p.name for p in (workdir / "releases").iterdir()]
+
+    write(2000)
+    _deploy_killed_at(point, fleet, backups)
+
+    v2 = max(p.name for p in (workdir / "releases").iterdir() if not p.name.startswith("."))
+    assert v2 != v1  # the new release directory was created whole before the kill
+    current = (workdir / "current").resolve()
+    assert current.name == (v1 if point == "uploaded" else v2)
+    manifest = json.loads((current / "manifest.json").read_text())
+    assert json.loads((current / "release.json").read_text())["release"] == current.name
+    assert [u["max_model_len"] for u in manifest["units"]] == [
+        1024 if point == "uploaded" else 2000
+    ]
+    assert (current / manifest["units"][0]["script"]).is_file()
+    listing = runner.invoke(app, ["releases", str(fleet), "box"])
+    assert listing.exit_code == 0, listing.output
+    assert f"current: {current.name}" in listing.output
+    if point == "uploaded":
+        assert served_len(port) == 1024  # the old units were never stopped
+
+    again = runner.invoke(app, ["deploy", str(fleet), "--backups", str(backups)])
+    assert again.exit_code == 0, again.output
+    assert served_len(port) == 2000
+    final = (workdir / "current").resolve()
+    assert json.loads((final / "manifest.json").read_text())["units"][0]["max_model_len"] == 2000

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ LOG_LINES = 20
 LOG_SCAN_LINES = 400
 _EXCEPTION = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
 Step = Callable[[str], None]
+PAUSE_AT = "FLEETGATE_TEST_PAUSE_AT"
 
 
 @dataclass
@@ -84,6 +87,18 @@ def log_excerpt(unit: str, text: str) -> str:
     if errors:
         out += f"--- errors in {unit}'s log ---\n" + "\n".join(errors) + "\n"
     return out + f"--- last lines of {unit}'s log ---\n" + "\n".join(lines[-LOG_LINES:]) + "\n"
+
+
+def _pause_point(name: str) -> None:
+    """Test hook: with ``FLEETGATE_TEST_PAUSE_AT=<name>`` a deploy stops here for good (after a
+    line on stderr), so a test can kill it at a known step. Names: ``uploaded`` (the new
+    release directory exists, nothing switched yet) and ``switched`` (``current`` points at the
+    new release, its units not started)."""
+    if os.environ.get(PAUSE_AT) != name:
+        return
+    print(f"fleetgate: paused at {name} ({PAUSE_AT})", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(3600)
 
 
 def save_backup(backups: Path, host: str, release: str, files: dict[str, bytes]) -> Path:
@@ -223,7 +238,9 @@ class HostDeployer:
         self.step(f"uploading release {name}")
         self.ops.upload(name, new)
         report.release = name
+        _pause_point("uploaded")
         self._switch(state.current, _units(old), name)
+        _pause_point("switched")
         if self._start_and_gate(name, _units(new), report):
             report.action = "deployed"
             return
@@ -263,23 +280,36 @@ class HostDeployer:
     def _start_and_gate(
         self, release: str, units: list[dict[str, Any]], report: HostReport
     ) -> bool:
-        ok = True
+        """Start every unit, then gate them in manifest order (servers before the gateway).
+
+        The first failure ends the gating: the release is going to be rolled back anyway, and
+        the units after it (a gateway waiting on that very server) would only spend their whole
+        timeout before the rollback could start.
+        """
+        failed: str | None = None
         for unit in units:
             self.step(f"starting {unit['name']}")
             started = self.ops.unit(release, unit["script"], "start")
             if started.rc != 0:
                 report.messages.append(f"{unit['name']}: start failed: {started.error}")
-                ok = False
-                continue
+                failed = failed or unit["name"]
+                self._add_logs(release, unit, report)
         for unit in units:
+            if failed is not None:
+                if unit["name"] != failed:
+                    report.messages.append(f"{unit['name']}: health gate skipped ({failed} failed)")
+                continue
             self.step(f"health gate: {unit['name']}")
             result = self._gate(release, unit)
             report.messages.append(f"{unit['name']} ({release}): {result.detail}")
             if not result.ok:
-                ok = False
-                logs = self.ops.unit(release, unit["script"], "logs", str(LOG_SCAN_LINES))
-                report.log_tail += log_excerpt(unit["name"], logs.text)
-        return ok
+                failed = unit["name"]
+                self._add_logs(release, unit, report)
+        return failed is None
+
+    def _add_logs(self, release: str, unit: dict[str, Any], report: HostReport) -> None:
+        logs = self.ops.unit(release, unit["script"], "logs", str(LOG_SCAN_LINES))
+        report.log_tail += log_excerpt(unit["name"], logs.text)
 
     def _gate(self, release: str, unit: dict[str, Any]) -> GateResult:
         def alive() -> bool:

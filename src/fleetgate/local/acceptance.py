@@ -42,7 +42,8 @@ from fleetgate.render import render_host, source_of
 from fleetgate.spec import Fleet, load_fleet, public_models
 
 Step = Callable[[str], None]
-GATE_TIMEOUT_S = 20.0
+# the simulator answers within seconds; this bounds a good release that never comes up
+GATE_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -378,8 +379,6 @@ def rollback_criterion_sync(fleet: Fleet, step: Step, base: Path) -> tuple[Crite
         "node",
         host_ops(LocalTransport(), "linux", str(workdir)),
         backups=base / "backups",
-        # the simulator starts in seconds; the broken release's gateway waits this long on a
-        # backend that never comes up (the deploy layer gates every unit before rolling back)
         gate_timeout_s=GATE_TIMEOUT_S,
         step=step,
     )
