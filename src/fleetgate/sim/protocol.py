@@ -1,7 +1,9 @@
 """Request bodies, typed like vLLM's, so a malformed field fails the way it fails there.
 
 Field order follows vLLM's request classes: validation errors are listed in that order and the
-first one names the error's ``param``. Unknown fields are accepted and ignored, as vLLM does.
+first one names the error's ``param``; that is why the chat and completion requests repeat
+their sampling fields instead of inheriting them (a base class's fields would come first).
+Unknown fields are accepted and ignored, as vLLM does.
 """
 
 from __future__ import annotations
