@@ -20,7 +20,7 @@ import jinja2
 import yaml
 
 from fleetgate.render import words
-from fleetgate.render.vllm import CONTAINER_MODEL_DIR, vllm_command
+from fleetgate.render.vllm import CONTAINER_MODEL_DIR, VllmCommand, vllm_command
 from fleetgate.spec import Fleet, LoadedFleet
 from fleetgate.spec.load import interpolate
 
@@ -151,6 +151,36 @@ def _paired(args: list[str], quote: Callable[[str], str], sep: str = " ") -> lis
     return lines
 
 
+@dataclass(frozen=True)
+class _Shell:
+    """One launch-script language: its template and how it quotes words, paths and options."""
+
+    template: str
+    script: str
+    word: Callable[[str], str]
+    path: Callable[[str], str]
+    sep: str  # between a flag and its value on one line of an argument list
+    option: Callable[[str, str], str]  # one docker option (flag, value) as a list item
+
+
+_BASH = _Shell(
+    "docker.sh.j2",
+    "start-vllm.sh",
+    words.sh,
+    words.sh_path,
+    " ",
+    lambda flag, value: f"{flag} {words.sh(value)}",
+)
+_POWERSHELL = _Shell(
+    "docker.ps1.j2",
+    "Start-VLLM.ps1",
+    words.ps,
+    words.ps_path,
+    ", ",
+    lambda flag, value: f"@('{flag}', {words.ps(value)})",
+)
+
+
 def vllm_files(source: Source, name: str) -> dict[str, str]:
     """The launch artifacts of one deployment, keyed by file name."""
     fleet = source.fleet
@@ -166,11 +196,11 @@ def vllm_files(source: Source, name: str) -> dict[str, str]:
     if dep.runtime == "process":
         python = dep.python or "python3"
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", *command.api_server_args()]
-        files["start-vllm.sh"] = _template(
+        files[_BASH.script] = _template(
             "process.sh.j2",
             header=head,
             what=f"vLLM deployment {name}",
-            script="start-vllm.sh",
+            script=_BASH.script,
             name=words.sh(f"vllm-{name}"),
             state_dir=words.sh_path(workdir),
             state_dir_text=workdir,
@@ -194,48 +224,32 @@ def vllm_files(source: Source, name: str) -> dict[str, str]:
 
     container = f"fleetgate-{name}"
     hf_cache = dep.hf_cache or "~/.cache/huggingface"
-    env_options = [f"{k}={v}" for k, v in command.env]
     mount = f"{dep.model_path}:{CONTAINER_MODEL_DIR}/{name}:ro" if dep.model_path else None
-    sh_options = [f"-e {words.sh(o)}" for o in env_options]
-    ps_options = [f"@('-e', {words.ps(o)})" for o in env_options]
+    docker_options = [("-e", f"{k}={v}") for k, v in command.env]
     if mount:
-        sh_options.append(f"-v {words.sh(mount)}")
-        ps_options.append(f"@('-v', {words.ps(mount)})")
-    files["start-vllm.sh"] = _template(
-        "docker.sh.j2",
-        header=head,
-        script="start-vllm.sh",
-        name=words.sh(name),
-        container=words.sh(container),
-        image=dep.image,
-        image_word=words.sh(dep.image),
-        state_dir=words.sh_path(workdir),
-        state_dir_text=workdir,
-        hf_cache=words.sh_path(hf_cache),
-        port=dep.port,
-        args=_paired(command.serve_args(), words.sh),
-        docker_options=sh_options,
-    )
-    files["Start-VLLM.ps1"] = _template(
-        "docker.ps1.j2",
-        header=head,
-        name=name,
-        name_ps=words.ps(name),
-        container_ps=words.ps(container),
-        image=dep.image,
-        image_ps=words.ps(dep.image),
-        state_dir=words.ps_path(workdir),
-        state_dir_text=workdir,
-        hf_cache=words.ps_path(hf_cache),
-        port=dep.port,
-        args=_paired(command.serve_args(), words.ps, ", "),
-        docker_options=ps_options,
-    )
+        docker_options.append(("-v", mount))
+    for shell in (_BASH, _POWERSHELL):
+        files[shell.script] = _template(
+            shell.template,
+            header=head,
+            script=shell.script,
+            name=name,
+            name_word=shell.word(name),
+            container_word=shell.word(container),
+            image=dep.image,
+            image_word=shell.word(dep.image),
+            state_dir=shell.path(workdir),
+            state_dir_text=workdir,
+            hf_cache=shell.path(hf_cache),
+            port=dep.port,
+            args=_paired(command.serve_args(), shell.word, shell.sep),
+            docker_options=[shell.option(flag, value) for flag, value in docker_options],
+        )
     files["compose.yaml"] = head + "\n" + _compose(name, dep.image, command, hf_cache, mount)
     return files
 
 
-def _compose(name: str, image: str, command: Any, hf_cache: str, mount: str | None) -> str:
+def _compose(name: str, image: str, command: VllmCommand, hf_cache: str, mount: str | None) -> str:
     dep_port = command.flags[command.flags.index("--port") + 1]
     volumes = [f"{hf_cache}:/root/.cache/huggingface"]
     if mount:
@@ -313,7 +327,7 @@ def host_manifest(source: Source, host: str) -> dict[str, Any]:
     for name, dep in fleet.deployments.items():
         if dep.host != host:
             continue
-        script = "Start-VLLM.ps1" if h.os == "windows" else "start-vllm.sh"
+        script = (_POWERSHELL if h.os == "windows" else _BASH).script
         units.append(
             {
                 "name": name,
