@@ -37,29 +37,14 @@ def _llama(
     }
 
 
-def _qwen(
-    layers: int,
-    hidden: int,
-    heads: int,
-    kv: int,
-    inter: int,
-    vocab: int,
-    ctx: int,
-    tie: bool,
-    model_type: str = "qwen2",
-    head_dim: int | None = None,
-) -> dict[str, Any]:
-    cfg = _llama(layers, hidden, heads, kv, inter, vocab, ctx, tie, head_dim)
-    cfg.update(
-        model_type=model_type, use_sliding_window=False, attention_bias=model_type == "qwen2"
-    )
-    return cfg
-
+# Qwen configs are Llama-shaped; these keys are what sets them apart.
+_QWEN2 = {"model_type": "qwen2", "use_sliding_window": False, "attention_bias": True}
+_QWEN3 = {"model_type": "qwen3", "use_sliding_window": False, "attention_bias": False}
 
 _LLAMA2_7B = _llama(32, 4096, 32, 32, 11008, 32000, 4096)
-_QWEN25_7B = _qwen(28, 3584, 28, 4, 18944, 152064, 32768, False)
-_QWEN25_14B = _qwen(48, 5120, 40, 8, 13824, 152064, 32768, False)
-_QWEN25_32B = _qwen(64, 5120, 40, 8, 27648, 152064, 32768, False)
+_QWEN25_7B = _llama(28, 3584, 28, 4, 18944, 152064, 32768, False) | _QWEN2
+_QWEN25_14B = _llama(48, 5120, 40, 8, 13824, 152064, 32768, False) | _QWEN2
+_QWEN25_32B = _llama(64, 5120, 40, 8, 27648, 152064, 32768, False) | _QWEN2
 
 CATALOG: dict[str, dict[str, Any]] = {
     "meta-llama/Llama-2-7b-hf": _LLAMA2_7B,
@@ -71,19 +56,19 @@ CATALOG: dict[str, dict[str, Any]] = {
     "meta-llama/Meta-Llama-3-8B": _llama(32, 4096, 32, 8, 14336, 128256, 8192),
     "codellama/CodeLlama-7b-hf": _llama(32, 4096, 32, 32, 11008, 32016, 16384),
     "lmsys/vicuna-7b-v1.5": _LLAMA2_7B,
-    "Qwen/Qwen2.5-0.5B": _qwen(24, 896, 14, 2, 4864, 151936, 32768, True),
-    "Qwen/Qwen2.5-1.5B": _qwen(28, 1536, 12, 2, 8960, 151936, 32768, True),
-    "Qwen/Qwen2.5-3B": _qwen(36, 2048, 16, 2, 11008, 151936, 32768, True),
+    "Qwen/Qwen2.5-0.5B": _llama(24, 896, 14, 2, 4864, 151936, 32768, True) | _QWEN2,
+    "Qwen/Qwen2.5-1.5B": _llama(28, 1536, 12, 2, 8960, 151936, 32768, True) | _QWEN2,
+    "Qwen/Qwen2.5-3B": _llama(36, 2048, 16, 2, 11008, 151936, 32768, True) | _QWEN2,
     "Qwen/Qwen2.5-7B": _QWEN25_7B,
     "Qwen/Qwen2.5-14B": _QWEN25_14B,
     "Qwen/Qwen2.5-32B": _QWEN25_32B,
-    "Qwen/Qwen2.5-72B": _qwen(80, 8192, 64, 8, 29568, 152064, 32768, False),
+    "Qwen/Qwen2.5-72B": _llama(80, 8192, 64, 8, 29568, 152064, 32768, False) | _QWEN2,
     "Qwen/Qwen2.5-Coder-7B": _QWEN25_7B,
-    "Qwen/Qwen3-1.7B": _qwen(28, 2048, 16, 8, 6144, 151936, 40960, True, "qwen3", 128),
-    "Qwen/Qwen3-4B": _qwen(36, 2560, 32, 8, 9728, 151936, 40960, True, "qwen3", 128),
-    "Qwen/Qwen3-8B": _qwen(36, 4096, 32, 8, 12288, 151936, 40960, False, "qwen3", 128),
-    "Qwen/Qwen3-14B": _qwen(40, 5120, 40, 8, 17408, 151936, 40960, False, "qwen3", 128),
-    "Qwen/Qwen3-32B": _qwen(64, 5120, 64, 8, 25600, 151936, 40960, False, "qwen3", 128),
+    "Qwen/Qwen3-1.7B": _llama(28, 2048, 16, 8, 6144, 151936, 40960, True, 128) | _QWEN3,
+    "Qwen/Qwen3-4B": _llama(36, 2560, 32, 8, 9728, 151936, 40960, True, 128) | _QWEN3,
+    "Qwen/Qwen3-8B": _llama(36, 4096, 32, 8, 12288, 151936, 40960, False, 128) | _QWEN3,
+    "Qwen/Qwen3-14B": _llama(40, 5120, 40, 8, 17408, 151936, 40960, False, 128) | _QWEN3,
+    "Qwen/Qwen3-32B": _llama(64, 5120, 64, 8, 25600, 151936, 40960, False, 128) | _QWEN3,
     "mistralai/Mistral-7B-v0.3": {
         **_llama(32, 4096, 32, 8, 14336, 32768, 32768),
         "model_type": "mistral",
@@ -118,7 +103,7 @@ CATALOG: dict[str, dict[str, Any]] = {
         "sliding_window": 262144,
     },
     "ibm-granite/granite-3.1-8b-instruct": _llama(40, 4096, 32, 8, 12800, 49155, 131072, True),
-    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": _qwen(28, 3584, 28, 4, 18944, 152064, 131072, False),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": {**_QWEN25_7B, "max_position_embeddings": 131072},
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": {**_QWEN25_14B, "max_position_embeddings": 131072},
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": {**_QWEN25_32B, "max_position_embeddings": 131072},
 }
@@ -140,7 +125,6 @@ def _key(model_id: str) -> str:
 _INDEX: dict[str, str] = {}
 for _id in CATALOG:
     _INDEX.setdefault(_key(_id), _id)
-_INDEX[_key("Meta-Llama-3-8B")] = "meta-llama/Meta-Llama-3-8B"
 
 
 def catalog_config(model_id: str) -> dict[str, Any] | None:
@@ -152,6 +136,7 @@ def catalog_config(model_id: str) -> dict[str, Any] | None:
 
 
 def catalog_arch(model_id: str) -> ModelArch | None:
+    """The architecture of a catalogued model, so a plan needs no download for popular ones."""
     cfg = catalog_config(model_id)
     return ModelArch.from_config(cfg, name=model_id) if cfg else None
 
