@@ -126,6 +126,20 @@ def _print_report(report: HostReport, *, show_diff: bool) -> None:
         console.print(report.log_tail.rstrip(), highlight=False, markup=False, soft_wrap=True)
 
 
+def _run_and_report(
+    hosts: list[str],
+    work: Callable[[str, Callable[[str], None]], HostReport],
+    *,
+    show_diff: bool = False,
+) -> None:
+    """Run ``work`` on the hosts, print each host's report; exit 1 if any host failed."""
+    reports = _in_parallel(hosts, work)
+    for report in reports:
+        _print_report(report, show_diff=show_diff)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
 @app.command()
 def deploy(
     fleet: Path = typer.Argument(..., help="the fleet file"),
@@ -157,11 +171,7 @@ def deploy(
             render_host(source, host), fleet_file=source.fleet_file, dry_run=dry_run
         )
 
-    reports = _in_parallel(names, work)
-    for report in reports:
-        _print_report(report, show_diff=dry_run)
-    if not all(r.ok for r in reports):
-        raise typer.Exit(1)
+    _run_and_report(names, work, show_diff=dry_run)
 
 
 @app.command()
@@ -188,10 +198,7 @@ def rollback(
         )
         return deployer.rollback(to)
 
-    report = _in_parallel([host], work)[0]
-    _print_report(report, show_diff=False)
-    if not report.ok:
-        raise typer.Exit(1)
+    _run_and_report([host], work)
 
 
 @app.command()
@@ -240,11 +247,7 @@ def backup(
         )
         return deployer.backup()
 
-    reports = _in_parallel(names, work)
-    for report in reports:
-        _print_report(report, show_diff=False)
-    if not all(r.ok for r in reports):
-        raise typer.Exit(1)
+    _run_and_report(names, work)
 
 
 @app.command()
