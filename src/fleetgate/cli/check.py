@@ -9,10 +9,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.cli.app import app, console
+from fleetgate.cli.common import exit_on_failure, load_or_exit
 from fleetgate.local.acceptance import AcceptanceReport, run_acceptance
-from fleetgate.spec import FleetError
 
 
 def print_acceptance(report: AcceptanceReport) -> None:
@@ -51,24 +50,17 @@ def check(
     --url the fleet runs here on simulated backends; criterion 4 always runs locally.
     """
     loaded = load_or_exit(fleet, strict_env=False)
-    with console.status("starting") as status:
-        try:
-            report = asyncio.run(
-                run_acceptance(
-                    loaded.fleet,
-                    url=url,
-                    api_key=api_key,
-                    speed=speed,
-                    rollback=rollback,
-                    step=lambda text: status.update(text),
-                )
+    with console.status("starting") as status, exit_on_failure(fleet):
+        report = asyncio.run(
+            run_acceptance(
+                loaded.fleet,
+                url=url,
+                api_key=api_key,
+                speed=speed,
+                rollback=rollback,
+                step=lambda text: status.update(text),
             )
-        except FleetError as exc:
-            print_problems(exc.problems, str(fleet))
-            raise typer.Exit(1) from None
-        except (OSError, RuntimeError, ValueError) as exc:
-            err_console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from None
+        )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -33,3 +35,16 @@ def load_or_exit(path: Path, *, strict_env: bool = True, check: bool = True) -> 
             print_problems(errors, str(path))
             raise typer.Exit(1)
     return loaded
+
+
+@contextmanager
+def exit_on_failure(fleet: Path) -> Iterator[None]:
+    """Print a fleet problem or a failed start as one message and exit 1, not as a traceback."""
+    try:
+        yield
+    except FleetError as exc:
+        print_problems(exc.problems, str(fleet))
+        raise typer.Exit(1) from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None

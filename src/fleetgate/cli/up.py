@@ -10,10 +10,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.cli.app import app, console
+from fleetgate.cli.common import exit_on_failure, load_or_exit
 from fleetgate.local import RunningFleet, local_fleet
-from fleetgate.spec import FleetError, public_models
+from fleetgate.spec import public_models
 
 
 class BackendKind(StrEnum):
@@ -84,11 +84,5 @@ def up(
             await stop.wait()
             console.print("stopping ...")
 
-    try:
+    with exit_on_failure(fleet):
         asyncio.run(main())
-    except FleetError as exc:
-        print_problems(exc.problems, str(fleet))
-        raise typer.Exit(1) from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
