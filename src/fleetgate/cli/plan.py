@@ -48,10 +48,14 @@ def plan(
     gpu_memory: float | None = typer.Option(
         None, help="total GPU memory in GiB (instead of --gpu)"
     ),
-    gpu_memory_utilization: float = typer.Option(0.9, min=0.01, max=1.0),
+    gpu_memory_utilization: float = typer.Option(
+        0.9, min=0.01, max=1.0, help="share of GPU memory vLLM may take"
+    ),
     max_model_len: int | None = typer.Option(None, min=16, help="default: the model's own"),
     max_num_seqs: int | None = typer.Option(None, min=1, help="default: vLLM's (256)"),
-    max_num_batched_tokens: int | None = typer.Option(None, min=16),
+    max_num_batched_tokens: int | None = typer.Option(
+        None, min=16, help="tokens per forward pass; default: vLLM's for the GPU size"
+    ),
     kv_cache_dtype: KvDtype = typer.Option(KvDtype.auto),
     quantization: Quant | None = typer.Option(None, help="default: detected from the model id"),
     tensor_parallel_size: int = typer.Option(1, min=1),

@@ -21,18 +21,26 @@ def sim(
     ),
     deployment: str | None = typer.Option(None, help="the deployment to simulate (with FLEET)"),
     model: str | None = typer.Option(None, help="served model name (without FLEET)"),
-    max_model_len: int | None = typer.Option(None, min=16),
-    max_num_seqs: int | None = typer.Option(None, min=1),
+    max_model_len: int | None = typer.Option(
+        None, min=16, help="context window (without FLEET; with it, overrides)"
+    ),
+    max_num_seqs: int | None = typer.Option(
+        None, min=1, help="sequences run at once (without FLEET; with it, overrides)"
+    ),
     kv_cache_tokens: int | None = typer.Option(
         None, min=16, help="KV cache size; default: room for max-num-seqs full-length sequences"
     ),
-    prefill_tps: float | None = typer.Option(None, min=0.001, help="prompt tokens per second"),
-    decode_tps: float | None = typer.Option(
-        None, min=0.001, help="tokens per second of one sequence running alone"
+    prefill_tps: float | None = typer.Option(
+        None, min=0.001, help="prompt tokens per second; default: GPU-like with FLEET, else 5000"
     ),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000, min=0, max=65535),
-    seed: int = typer.Option(0),
+    decode_tps: float | None = typer.Option(
+        None,
+        min=0.001,
+        help="tokens/s of one sequence running alone; default: GPU-like with FLEET, else 50",
+    ),
+    host: str = typer.Option("127.0.0.1", help="listen address"),
+    port: int = typer.Option(8000, min=0, max=65535, help="listen port; 0 picks a free one"),
+    seed: int = typer.Option(0, help="random seed for generated text and injected errors"),
     fault: str = typer.Option("ok", help="start with a fault: ok, crash, dead or stall"),
     error_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="share of requests failing 500"),
     slow_factor: float = typer.Option(1.0, min=0.001, help="prefill and decode this much slower"),
