@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 import uuid
 from pathlib import Path
 
 import pytest
 
+from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, too_large
@@ -258,3 +261,42 @@ def test_error_body_is_openai_shaped() -> None:
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert "5000" in body["error"]["message"] and "1024" in body["error"]["message"]
     assert err.response().status == 413
+
+
+# -- access log ---------------------------------------------------------------------------------
+
+
+async def test_access_lines_to_a_stream_go_out_together_after_the_loop_turn() -> None:
+    stream = io.StringIO()
+    access = AccessLog(stream)
+    access.write({"status": 200, "key": "owner"})
+    access.write({"status": 429, "key": "owner", "reason": "rpm"})
+    assert stream.getvalue() == ""  # collected: one write for both, after this turn
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    for line, status in zip(lines, (200, 429), strict=True):
+        day, clock, name, payload = line.split(" ", 3)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d", day) and re.fullmatch(r"[\d:]{8},\d{3}", clock)
+        assert name == "fleetgate.gateway.access"
+        assert json.loads(payload)["status"] == status
+    access.flush()  # nothing pending: writes nothing
+    assert len(stream.getvalue().splitlines()) == 2
+
+
+async def test_access_lines_without_a_stream_are_logger_records(caplog) -> None:
+    with caplog.at_level("INFO", logger="fleetgate.gateway.access"):
+        AccessLog().write({"status": 200})
+    assert json.loads(caplog.records[-1].getMessage()) == {"status": 200}
+
+
+async def test_a_broken_access_stream_does_not_fail_requests(caplog) -> None:
+    stream = io.StringIO()
+    stream.close()
+    access = AccessLog(stream)
+    access.write({"status": 200})
+    await asyncio.sleep(0)
+    access.write({"status": 200})
+    await asyncio.sleep(0)
+    errors = [r for r in caplog.records if "access log" in r.getMessage()]
+    assert len(errors) == 1  # said once, not once per line

@@ -7,9 +7,11 @@ import hmac
 import json
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import TextIO
 
 from aiohttp import web
 
@@ -132,9 +134,15 @@ async def fallback(request: web.Request) -> web.Response:
     ).response()
 
 
-def create_app(fleet: Fleet, *, loader: FleetLoader | None = None) -> web.Application:
-    """The gateway for a fleet that passed ``check_fleet``; ``loader`` re-reads it on reload."""
-    gateway = Gateway(GatewayConfig.from_fleet(fleet), loader)
+def create_app(
+    fleet: Fleet, *, loader: FleetLoader | None = None, access_stream: TextIO | None = None
+) -> web.Application:
+    """The gateway for a fleet that passed ``check_fleet``; ``loader`` re-reads it on reload.
+
+    Access lines go to ``access_stream`` if given, else to the ``fleetgate.gateway.access``
+    logger (see :mod:`fleetgate.gateway.accesslog`).
+    """
+    gateway = Gateway(GatewayConfig.from_fleet(fleet), loader, access_stream)
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
     app = web.Application(client_max_size=0)
     app[GATEWAY] = gateway
@@ -170,14 +178,19 @@ class RunningGateway:
 
 @asynccontextmanager
 async def serve(
-    fleet: Fleet, *, host: str = "127.0.0.1", port: int = 0, loader: FleetLoader | None = None
+    fleet: Fleet,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    loader: FleetLoader | None = None,
+    access_stream: TextIO | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """Run the gateway on this event loop until the block ends (port 0: any free port).
 
     Handlers are cancelled when their client disconnects: that is what frees a queue place or
     a backend slot, and closes the upstream request, the moment a client goes away.
     """
-    app = create_app(fleet, loader=loader)
+    app = create_app(fleet, loader=loader, access_stream=access_stream)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
@@ -197,7 +210,10 @@ def run(
     port: int | None = None,
     loader: FleetLoader | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; SIGHUP reloads the fleet file through ``loader``."""
+    """Serve until SIGINT/SIGTERM; SIGHUP reloads the fleet file through ``loader``.
+
+    The access log goes to stderr, next to the other log lines, written directly.
+    """
     with suppress(ImportError):
         import uvloop
 
@@ -210,7 +226,9 @@ def run(
         stop = asyncio.Event()
         pending: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        async with serve(fleet, host=listen, port=port, loader=loader) as running:
+        async with serve(
+            fleet, host=listen, port=port, loader=loader, access_stream=sys.stderr
+        ) as running:
             gw = running.gateway
 
             def hup() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
@@ -40,8 +39,6 @@ from fleetgate.gateway.parse import ParsedRequest, parse_request, parse_tokenize
 from fleetgate.gateway.ratelimit import Quota
 from fleetgate.gateway.state import Gateway
 from fleetgate.gateway.upstream import error_message
-
-access_log = logging.getLogger("fleetgate.gateway.access")
 
 _JSON_TYPE = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -502,7 +499,6 @@ def _finish(gw: Gateway, rec: _Record, started: float) -> None:
         gw.metrics.tokens.labels(rec.lane, "in").inc(rec.tokens_in)
         if rec.tokens_out:
             gw.metrics.tokens.labels(rec.lane, "out").inc(rec.tokens_out)
-    if access_log.isEnabledFor(logging.INFO):
-        line = rec.as_dict()
-        line["duration_s"] = round(perf_counter() - started, 6)
-        access_log.info(json.dumps(line))
+    line = rec.as_dict()
+    line["duration_s"] = round(perf_counter() - started, 6)
+    gw.access_log.write(line)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TextIO
 
+from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.metrics import GatewayMetrics
@@ -27,9 +29,15 @@ class ReloadError(Exception):
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, loader: FleetLoader | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        loader: FleetLoader | None = None,
+        access_stream: TextIO | None = None,
+    ) -> None:
         self.config = config
         self.loader = loader
+        self.access_log = AccessLog(access_stream)
         self.admission = Admission()
         self.metrics = GatewayMetrics(self.admission)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
@@ -53,6 +61,7 @@ class Gateway:
     async def close(self) -> None:
         await self.upstream.close()
         await self.limiter.close()
+        self.access_log.flush()
 
     async def reload(self) -> GatewayConfig:
         """Re-read the fleet file through the loader; raise :class:`ReloadError` if refused."""
