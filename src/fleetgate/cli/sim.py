@@ -10,8 +10,7 @@ import typer
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.sim import Faults, SimConfig, SimServer
-from fleetgate.sim.speed import gpu_like_speed
+from fleetgate.sim import Faults, SimConfig, SimServer, sim_config_for
 
 
 @app.command()
@@ -53,40 +52,33 @@ def sim(
     weight size, prefill 100x that, batched sequences together up to 0.75 x max_num_seqs x that.
     Explicit options override. Faults can also be changed at run time: POST /admin/faults.
     """
-    speed = None
     if fleet is not None:
         if deployment is None:
             err_console.print("[red]error:[/] give --deployment NAME with a FLEET file")
             raise typer.Exit(2)
-        from fleetgate.plan import plan_deployment, plan_input
-
         loaded = load_or_exit(fleet, strict_env=False)
-        dep = loaded.fleet.deployments.get(deployment)
-        if dep is None:
+        if deployment not in loaded.fleet.deployments:
             known = ", ".join(loaded.fleet.deployments)
             err_console.print(f"[red]error:[/] no deployment {deployment!r} (known: {known})")
             raise typer.Exit(2)
-        plan = plan_deployment(plan_input(loaded.fleet, deployment))
-        model = model or dep.public_name(deployment)
-        max_model_len = max_model_len or plan.max_model_len
-        max_num_seqs = max_num_seqs or plan.max_num_seqs
-        kv_cache_tokens = kv_cache_tokens or plan.kv_cache_tokens
-        speed = gpu_like_speed(plan.weights_gib, max_num_seqs)
+        base = sim_config_for(loaded.fleet, deployment, seed=seed)
     elif model is None or max_model_len is None or max_num_seqs is None:
         err_console.print(
             "[red]error:[/] give FLEET --deployment NAME, or --model, "
             "--max-model-len and --max-num-seqs"
         )
         raise typer.Exit(2)
+    else:
+        base = None
     try:
         config = SimConfig(
-            model=model,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            kv_cache_tokens=kv_cache_tokens,
-            prefill_tps=prefill_tps or (speed.prefill_tps if speed else 5000.0),
-            decode_tps=decode_tps or (speed.decode_tps if speed else 50.0),
-            batch_tps=None if decode_tps or speed is None else speed.batch_tps,
+            model=model or base.model,  # type: ignore[union-attr]
+            max_model_len=max_model_len or base.max_model_len,  # type: ignore[union-attr]
+            max_num_seqs=max_num_seqs or base.max_num_seqs,  # type: ignore[union-attr]
+            kv_cache_tokens=kv_cache_tokens or (base.kv_cache_tokens if base else None),
+            prefill_tps=prefill_tps or (base.prefill_tps if base else 5000.0),
+            decode_tps=decode_tps or (base.decode_tps if base else 50.0),
+            batch_tps=None if decode_tps or base is None else base.batch_tps,
             seed=seed,
             faults=Faults(mode=fault, error_rate=error_rate, slow_factor=slow_factor),  # type: ignore[arg-type]
         )

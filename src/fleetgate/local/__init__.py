@@ -1,6 +1,6 @@
 """A fleet on this machine: simulated (or real vLLM) backends behind a real gateway."""
 
-from fleetgate.local.backends import Backend, sim_config
+from fleetgate.local.backends import Backend
 from fleetgate.local.fleet import RunningFleet, local_fleet
 from fleetgate.local.localize import LocalFleet, free_port, localize
 
@@ -11,5 +11,4 @@ __all__ = [
     "free_port",
     "local_fleet",
     "localize",
-    "sim_config",
 ]

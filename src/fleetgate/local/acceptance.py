@@ -33,12 +33,18 @@ import aiohttp
 import yaml
 
 from fleetgate.deploy import HostDeployer, LocalTransport, host_ops
-from fleetgate.local.backends import sim_config
 from fleetgate.local.fleet import local_fleet
 from fleetgate.local.localize import free_port
-from fleetgate.probes import ApiClient, BurstConfig, run_burst, run_smoke, target_from_fleet
-from fleetgate.probes.targets import Target
+from fleetgate.probes import (
+    ApiClient,
+    BurstConfig,
+    Target,
+    run_burst,
+    run_smoke,
+    target_from_fleet,
+)
 from fleetgate.render import render_host, source_of
+from fleetgate.sim import sim_config_for
 from fleetgate.spec import Fleet, load_fleet, public_models
 
 Step = Callable[[str], None]
@@ -275,7 +281,7 @@ def rollback_fleet(fleet: Fleet, workdir: Path, python: str, fleetgate_bin: str)
     pm = public_models(fleet)[burst_model(fleet)]
     dep_name = pm.deployments[0]
     dep = fleet.deployments[dep_name]
-    sim = sim_config(fleet, dep_name, speed=10)
+    sim = sim_config_for(fleet, dep_name, speed=10)
     route = fleet.gateway.routes[pm.route] if fleet.gateway else None
     assert route is not None
     limits = {

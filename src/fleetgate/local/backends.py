@@ -1,8 +1,7 @@
 """The backends of a local fleet: one simulator (or one real vLLM process) per deployment.
 
-A simulated deployment gets the settings the fleet file gives it and the KV capacity the
-planner computes for its GPU, so it refuses and queues where the real one would; its speed is
-a GPU-like default scaled by ``speed``.
+A simulated deployment is configured by :func:`fleetgate.sim.sim_config_for` (its settings,
+the planner's KV capacity, a GPU-like speed scaled by ``speed``).
 """
 
 from __future__ import annotations
@@ -19,15 +18,9 @@ from pathlib import Path
 
 import aiohttp
 
-from fleetgate.models import UnknownModelError
-from fleetgate.plan import plan_deployment, plan_input
-from fleetgate.sim import SimConfig, SimServer
+from fleetgate.render import vllm_command
+from fleetgate.sim import SimServer, sim_config_for
 from fleetgate.spec import Fleet
-
-# One sequence on a consumer GPU running a 7-8B 4-bit model: tens of tokens/s decoding,
-# thousands of tokens/s prefilling.
-GPU_DECODE_TPS = 50.0
-GPU_PREFILL_TPS = 5000.0
 
 
 @dataclass(frozen=True)
@@ -44,32 +37,12 @@ class Backend:
     kind: str  # "sim" | "vllm"
 
 
-def sim_config(fleet: Fleet, name: str, *, speed: float = 1.0, seed: int = 0) -> SimConfig:
-    """The simulator settings for a deployment: its own limits, the planner's KV capacity."""
-    dep = fleet.deployments[name]
-    try:
-        plan = plan_deployment(plan_input(fleet, name))
-    except (UnknownModelError, IndexError):  # unknown model or a host without a GPU listed
-        plan = None
-    max_model_len = dep.max_model_len or (plan.max_model_len if plan else 4096)
-    max_num_seqs = dep.max_num_seqs or (plan.max_num_seqs if plan else 256)
-    return SimConfig(
-        model=dep.public_name(name),
-        max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs,
-        kv_cache_tokens=plan.kv_cache_tokens if plan else None,
-        prefill_tps=GPU_PREFILL_TPS * speed,
-        decode_tps=GPU_DECODE_TPS * speed,
-        seed=seed,
-    )
-
-
 @contextlib.asynccontextmanager
 async def sim_backend(
     fleet: Fleet, name: str, *, speed: float = 1.0, port: int = 0
 ) -> AsyncIterator[Backend]:
     """One simulated deployment on a loopback port (0: a free one)."""
-    config = sim_config(fleet, name, speed=speed)
+    config = sim_config_for(fleet, name, speed=speed)
     async with SimServer(config, host="127.0.0.1", port=port) as sim:
         yield Backend(
             name,
@@ -90,33 +63,30 @@ def vllm_python(fleet: Fleet, name: str) -> str:
     )
 
 
-def vllm_argv(fleet: Fleet, name: str, port: int) -> list[str]:
-    """A real vLLM OpenAI server for a deployment with a local model directory."""
+def vllm_argv(fleet: Fleet, name: str) -> list[str]:
+    """The real vLLM OpenAI server for a deployment with a local model directory, with the
+    flags the rendered launch scripts use (``fleetgate.render.vllm_command``), run as a process
+    on the deployment's (loopback) address and port."""
     dep = fleet.deployments[name]
     if dep.model_path is None:
         raise ValueError(
             f"deployment {name}: --backend vllm needs model_path (a local model directory)"
         )
-    argv = [
+    as_process = fleet.model_copy(
+        update={
+            "deployments": {
+                **fleet.deployments,
+                name: dep.model_copy(update={"runtime": "process"}),
+            }
+        }
+    )
+    command = vllm_command(as_process, name)
+    return [
         vllm_python(fleet, name),
         "-m",
         "vllm.entrypoints.openai.api_server",
-        "--model",
-        dep.model_path,
-        "--served-model-name",
-        dep.public_name(name),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *command.api_server_args(),
     ]
-    if dep.max_model_len is not None:
-        argv += ["--max-model-len", str(dep.max_model_len)]
-    if dep.max_num_seqs is not None:
-        argv += ["--max-num-seqs", str(dep.max_num_seqs)]
-    if dep.dtype != "auto":
-        argv += ["--dtype", dep.dtype]
-    return argv + list(dep.extra_args)
 
 
 async def _healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -136,16 +106,17 @@ async def _healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float)
 
 @contextlib.asynccontextmanager
 async def vllm_backend(
-    fleet: Fleet, name: str, *, port: int, log_dir: Path, start_timeout_s: float = 900.0
+    fleet: Fleet, name: str, *, log_dir: Path, start_timeout_s: float = 900.0
 ) -> AsyncIterator[Backend]:
-    """One real vLLM process; its output goes to ``log_dir/<name>.log``."""
+    """One real vLLM process on the deployment's port; its output goes to ``log_dir/<name>.log``."""
     dep = fleet.deployments[name]
+    port = dep.port
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, **dep.env}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            vllm_argv(fleet, name, port),
+            vllm_argv(fleet, name),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

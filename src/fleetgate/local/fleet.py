@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fleetgate.gateway import serve
 from fleetgate.local.backends import Backend, sim_backend, vllm_backend
-from fleetgate.local.localize import LOOPBACK, LocalFleet, free_port, localize
+from fleetgate.local.localize import LOOPBACK, LocalFleet, localize
 from fleetgate.spec import Fleet, FleetError, check_fleet
 
 
@@ -50,22 +50,18 @@ async def local_fleet(
         raise FleetError(None, errors)
     if backend not in ("sim", "vllm"):
         raise ValueError(f"backend must be sim or vllm, not {backend!r}")
+    local = localize(fleet, gateway_port=gateway_port)
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, Backend] = {}
         if backend == "vllm" and log_dir is None:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetgate-")))
         for name in fleet.deployments:
             if backend == "sim":
-                started = sim_backend(fleet, name, speed=speed)
+                started = sim_backend(local.fleet, name, speed=speed, port=local.ports[name])
             else:
                 assert log_dir is not None
-                started = vllm_backend(fleet, name, port=free_port(), log_dir=log_dir)
+                started = vllm_backend(local.fleet, name, log_dir=log_dir)
             backends[name] = await stack.enter_async_context(started)
-        local = localize(
-            fleet,
-            gateway_port=gateway_port,
-            ports={name: b.port for name, b in backends.items()},
-        )
         gateway = await stack.enter_async_context(
             serve(local.fleet, host=LOOPBACK, port=local.gateway_port)
         )

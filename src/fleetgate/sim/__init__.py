@@ -7,7 +7,16 @@ an unbounded waiting queue, KV cache in 16-token blocks.
 
 from fleetgate.sim.config import BLOCK_SIZE, Faults, SimConfig
 from fleetgate.sim.engine import EngineStats
+from fleetgate.sim.fleet import sim_config_for
 from fleetgate.sim.server import SimServer
 from fleetgate.sim.tokenizer import SimTokenizer
 
-__all__ = ["BLOCK_SIZE", "EngineStats", "Faults", "SimConfig", "SimServer", "SimTokenizer"]
+__all__ = [
+    "BLOCK_SIZE",
+    "EngineStats",
+    "Faults",
+    "SimConfig",
+    "SimServer",
+    "SimTokenizer",
+    "sim_config_for",
+]
