@@ -33,10 +33,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every body: json.loads with a keyword argument builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def load_json(raw: bytes) -> Any:
     """JSON or a 400: no NaN/Infinity, no nesting deep enough to exhaust the stack."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        # bytes read as json.loads reads them: UTF-8, -16 or -32, told by the first bytes
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError) as exc:
         msg = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise bad_request(f"the request body is not valid JSON: {msg[:200]}") from None

@@ -41,6 +41,7 @@ from fleetgate.gateway.state import Gateway
 from fleetgate.gateway.upstream import error_message
 
 _JSON_TYPE = "application/json"
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # one for every upstream body
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -208,7 +209,7 @@ def upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str) 
     if req.stream:
         options = body.get("stream_options") or {}
         body["stream_options"] = {**options, "include_usage": True}
-    return json.dumps(body, ensure_ascii=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def _usage_total(usage: object) -> tuple[int, int] | None:
