@@ -51,6 +51,7 @@ class Case:
     kv_dtype: str = "auto"
     max_num_seqs: int | None = None
     tp: int = 1
+    p2p: bool = True
     arch: ModelArch | None = None
 
     def plan_input(self) -> PlanInput:
@@ -65,6 +66,7 @@ class Case:
             max_num_seqs=self.max_num_seqs,
             kv_cache_dtype=self.kv_dtype,
             tensor_parallel_size=self.tp,
+            gpu_p2p=self.p2p,
             vllm_version=self.version,
         )
 
@@ -190,6 +192,31 @@ CASES = [
         activation_gib=1.89,
         tp=2,
     ),
+    # Hold-out: found after the constants above were set, and not used to set them.
+    Case(
+        "LMCache#3430 (V1 0.21, RTX A5000, Qwen3-8B bf16, util 0.9764: 46,368 tokens)",
+        "Qwen/Qwen3-8B",
+        23.56,
+        0.9764,
+        16384,
+        (0, 21),
+        fits=True,
+        kv_tokens=46368,
+        available_kv_gib=6.37,
+        weights_gib=15.27,
+    ),
+    Case(
+        "vllm#13061 (V0 0.7, 2x RTX 4090 TP2, R1-Distill-Qwen-14B, 131072 ctx fails: 81,536)",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
+        23.55,
+        0.98,
+        131072,
+        (0, 7),
+        fits=False,
+        kv_tokens=81536,
+        tp=2,
+        p2p=False,
+    ),
 ]
 
 
@@ -307,3 +334,29 @@ def test_graphs_come_out_of_the_budget_since_0_21() -> None:
     eager = plan_deployment(replace(case.plan_input(), vllm_version=(0, 32), enforce_eager=True))
     assert new.available_kv_gib < old.available_kv_gib
     assert eager.available_kv_gib == pytest.approx(old.available_kv_gib, abs=0.01)
+
+
+def test_v0_chunks_prefill_above_32k_context() -> None:
+    # V0 profiled the whole max_model_len, unless it was over 32K: then chunked prefill was on.
+    from dataclasses import replace
+
+    case = CASES[0].plan_input()
+    at_32k = plan_deployment(replace(case, max_model_len=32768))
+    over = plan_deployment(replace(case, max_model_len=32769))
+    assert at_32k.max_num_batched_tokens == 32768
+    assert over.max_num_batched_tokens == 2048
+    assert over.activation_gib < at_32k.activation_gib
+
+
+def test_tensor_parallel_buffers_need_peer_to_peer() -> None:
+    # vllm#13061: two PCIe GeForce cards logged 0.25 GiB non-torch memory under TP2; NVLinked
+    # H100s keep ~2 GiB per GPU for NCCL and the custom all-reduce (llm-d-planner v0.19).
+    from dataclasses import replace
+
+    from fleetgate.spec import lookup_gpu
+
+    case = replace(CASES[-1].plan_input(), vllm_version=(0, 19))
+    geforce = plan_deployment(replace(case, gpu_p2p=False))
+    nvlink = plan_deployment(replace(case, gpu_p2p=True))
+    assert nvlink.overhead_gib - geforce.overhead_gib == pytest.approx(1.8, abs=0.01)
+    assert not lookup_gpu("RTX 4090").p2p and lookup_gpu("H100").p2p and lookup_gpu("L4").p2p

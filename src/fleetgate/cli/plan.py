@@ -80,11 +80,9 @@ def plan(
             if (gpu is None) == (gpu_memory is None):
                 err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
                 raise typer.Exit(2)
-            gpu_name, memory = (
-                (gpu, lookup_gpu(gpu).memory_gib)
-                if gpu
-                else (f"{gpu_memory:g} GiB", float(gpu_memory or 0))
-            )
+            known = lookup_gpu(gpu) if gpu else None
+            gpu_name = known.name if known else f"{gpu_memory:g} GiB"
+            memory = known.memory_gib if known else float(gpu_memory or 0)
             info = load_model_info(model, config_path=config)
             plans = [
                 plan_deployment(
@@ -93,6 +91,7 @@ def plan(
                         model=info,
                         gpu_memory_gib=memory,
                         gpu_name=gpu_name,
+                        gpu_p2p=known.p2p if known else False,
                         gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len,
                         max_num_seqs=max_num_seqs,

@@ -18,6 +18,7 @@ def plan_input(fleet: Fleet, name: str) -> PlanInput:
         model=info,
         gpu_memory_gib=gpu.memory_gib,
         gpu_name=gpu.name,
+        gpu_p2p=gpu.p2p,
         gpu_memory_utilization=dep.gpu_memory_utilization,
         max_model_len=dep.max_model_len,
         max_num_seqs=dep.max_num_seqs,

@@ -44,6 +44,10 @@ class Engine:
     graphs_deducted: bool
 
 
+# V0 turned chunked prefill on by itself for contexts longer than this.
+V0_CHUNKED_PREFILL_ABOVE = 32768
+
+
 def engine_for(version: tuple[int, int]) -> Engine:
     if version < (0, 8):
         return Engine(
@@ -72,14 +76,14 @@ CURRENT_VLLM = (0, 32)
 # Memory that appears during start-up outside torch's allocator (cuBLAS workspaces, allocator
 # slack); the CUDA context itself exists before vLLM's baseline and lives in the headroom.
 NON_TORCH_GIB = 0.25
-# With tensor parallelism NCCL and the custom all-reduce keep ~2 GiB per GPU.
-NON_TORCH_TP_GIB = 2.05
+# With tensor parallelism on GPUs with peer-to-peer access (NVLink, datacenter PCIe), NCCL and
+# vLLM's custom all-reduce keep ~2 GiB per GPU; without it (GeForce) custom all-reduce is off.
+NON_TORCH_TP_P2P_GIB = 2.05
 # Small buffers the profile pass keeps whatever the batch (rotary caches, attention workspace).
 ACTIVATION_BASE_GIB = 0.05
 # CUDA graphs: one graph per capture size and mode (FULL and PIECEWISE); the first capture holds
 # the largest batch's activations, each further one a little private memory that grows with
 # the layers' hidden states.
-CUDA_GRAPH_MODES = 2
 CUDA_GRAPH_BYTES_PER_GRAPH = 1 << 20
 CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN = 54
 
@@ -105,6 +109,7 @@ class PlanInput:
     model: ModelInfo
     gpu_memory_gib: float
     gpu_name: str = "GPU"
+    gpu_p2p: bool = True
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     max_num_seqs: int | None = None
@@ -215,16 +220,18 @@ def cuda_graph_bytes(
     tp: int = 1,
     engine: Engine | None = None,
 ) -> int:
-    """The CUDA-graph memory estimate: the largest batch's activations, plus private memory per
-    graph that grows with layers x hidden size."""
+    """The CUDA-graph estimate: the largest batch's activations, plus private memory per graph
+    that grows with layers x hidden size. PIECEWISE graphs cover every capture size; FULL
+    (uniform decode) graphs only sizes up to ``max_num_seqs``."""
     engine = engine or engine_for(CURRENT_VLLM)
     sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens)
     if not sizes:
         return 0
+    graphs = len(sizes) + sum(1 for s in sizes if s <= max_num_seqs)
     per_graph = CUDA_GRAPH_BYTES_PER_GRAPH + (
         CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN * arch.num_layers * arch.hidden_size // tp
     )
-    return forward_bytes(arch, sizes[-1], tp, engine) + len(sizes) * CUDA_GRAPH_MODES * per_graph
+    return forward_bytes(arch, sizes[-1], tp, engine) + graphs * per_graph
 
 
 def kv_bytes_for_request(
@@ -287,14 +294,14 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     max_model_len = spec.max_model_len or arch.max_position_embeddings
     seqs = spec.max_num_seqs or default_max_num_seqs(spec.gpu_memory_gib)
     default_batch = default_max_num_batched_tokens(spec.gpu_memory_gib)
-    if not engine.chunked_prefill:
+    if not engine.chunked_prefill and max_model_len <= V0_CHUNKED_PREFILL_ABOVE:
         default_batch = max(default_batch, max_model_len)
     batched = spec.max_num_batched_tokens or max(default_batch, seqs)
 
     budget = spec.gpu_memory_gib * spec.gpu_memory_utilization
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
     activation = activation_bytes(arch, batched, seqs, tp, engine) / GIB
-    overhead = NON_TORCH_TP_GIB if tp > 1 else NON_TORCH_GIB
+    overhead = NON_TORCH_TP_P2P_GIB if tp > 1 and spec.gpu_p2p else NON_TORCH_GIB
     if engine.graphs_deducted and not spec.enforce_eager:
         overhead += cuda_graph_bytes(arch, seqs, batched, tp, engine) / GIB
     available = budget - weights - activation - overhead

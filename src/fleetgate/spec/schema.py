@@ -29,6 +29,9 @@ class Gpu(_Strict):
     name: str | None = None
     memory_gib: Annotated[float, Field(gt=0)] | None = None
     arch: Architecture | None = None
+    p2p: bool | None = Field(
+        default=None, description="NVLink/PCIe peer-to-peer between GPUs; default: the catalog's"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -44,6 +47,8 @@ class Gpu(_Strict):
                 raise ValueError(exc.args[0]) from None
             object.__setattr__(self, "memory_gib", self.memory_gib or known.memory_gib)
             object.__setattr__(self, "arch", self.arch or known.arch)
+            if self.p2p is None:
+                object.__setattr__(self, "p2p", known.p2p)
         if self.memory_gib is None or self.arch is None:
             raise ValueError("a GPU needs a catalog name, or both memory_gib and arch")
         return self
@@ -55,6 +60,7 @@ class Gpu(_Strict):
             name=self.name or f"{self.memory_gib:g} GiB {self.arch}",
             memory_gib=self.memory_gib,
             arch=self.arch,
+            p2p=bool(self.p2p),
         )
 
 
