@@ -89,12 +89,15 @@ def fleet(backend_port: int, gateway_port: int) -> dict:
     }
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
 
 
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * _UNITS[unit]
+def _ms(report: str, percentile: str) -> float:
+    """A latency percentile of wrk's ``--latency`` report, in milliseconds."""
+    found = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", report, re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"no {percentile}% latency in wrk's report:\n{report}")
+    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 def wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
@@ -109,8 +112,8 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, fl
         raise SystemExit(f"{non2xx.group(1)} requests failed:\n{out}")
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": _ms(out, "50"),
+        "p99": _ms(out, "99"),
     }
 
 
