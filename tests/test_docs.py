@@ -99,7 +99,7 @@ def test_troubleshooting_numbers_match_the_planner() -> None:
     """The fp16 fallback figures quoted in troubleshooting.md are the planner's."""
     result = CliRunner().invoke(app, ["plan", str(ROOT / "examples/homelab/fleet.yaml")])
     text = (ROOT / "docs" / "troubleshooting.md").read_text()
-    for figure in ("79,696", "39,840", "42,688", "21,344"):
+    for figure in ("79,824", "39,904", "42,912", "21,456"):
         assert figure in text and figure in result.output, figure
 
 
