@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from fleetgate.cli import check, deploy, plan, probes, render, serve, sim, up, validate  # noqa: F401  (each module registers its commands)
+# Each module registers its commands on import; this order is the order of `fleetgate --help`.
+# isort: off
+from fleetgate.cli import validate, plan  # noqa: F401
+from fleetgate.cli import render, deploy  # noqa: F401
+from fleetgate.cli import serve, up, sim  # noqa: F401
+from fleetgate.cli import probes, check  # noqa: F401
+
+# isort: on
 from fleetgate.cli.app import app
 
 

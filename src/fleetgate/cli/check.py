@@ -28,7 +28,7 @@ def print_acceptance(report: AcceptanceReport) -> None:
     console.print("[green]all criteria pass[/]" if report.ok else "[red]some criteria FAIL[/]")
 
 
-@app.command()
+@app.command(rich_help_panel="Test")
 def check(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     url: str | None = typer.Option(

@@ -140,7 +140,7 @@ def _run_and_report(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Ship")
 def deploy(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     hosts: list[str] = typer.Argument(None, help="only these hosts (default: all in use)"),
@@ -174,7 +174,7 @@ def deploy(
     _run_and_report(names, work, show_diff=dry_run)
 
 
-@app.command()
+@app.command(rich_help_panel="Ship")
 def rollback(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     host: str = typer.Argument(..., help="the host to roll back"),
@@ -201,7 +201,7 @@ def rollback(
     _run_and_report([host], work)
 
 
-@app.command()
+@app.command(rich_help_panel="Ship")
 def releases(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     host: str = typer.Argument(..., help="the host"),
@@ -230,7 +230,7 @@ def releases(
     console.print(f"current: {state.current or 'none'}", highlight=False)
 
 
-@app.command()
+@app.command(rich_help_panel="Ship")
 def backup(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     hosts: list[str] = typer.Argument(None, help="only these hosts (default: all in use)"),
@@ -250,7 +250,7 @@ def backup(
     _run_and_report(names, work)
 
 
-@app.command()
+@app.command(rich_help_panel="Ship")
 def health(fleet: Path = typer.Argument(..., help="the fleet file")) -> None:
     """Probe every vLLM server and the gateway once, as the deploy health gate does."""
     source = _source(fleet)

@@ -39,7 +39,7 @@ def plan_to_dict(plan: DeploymentPlan) -> dict:
     return data
 
 
-@app.command()
+@app.command(rich_help_panel="Plan")
 def plan(
     fleet: Path | None = typer.Argument(None, help="plan every deployment of this fleet file"),
     model: str | None = typer.Option(None, help="plan one ad-hoc deployment of this HF model id"),

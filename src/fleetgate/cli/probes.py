@@ -52,7 +52,7 @@ def print_smoke(report: SmokeReport) -> None:
     console.print(verdict)
 
 
-@app.command()
+@app.command(rich_help_panel="Test")
 def smoke(
     target: str = typer.Argument(..., help=TARGET_HELP),
     api_key: str | None = typer.Option(None, envvar="FLEETGATE_API_KEY", help=KEY_HELP),
@@ -113,7 +113,7 @@ def print_burst(report: BurstReport) -> None:
         console.print(f"[red]failures by reason:[/] {s['failures_by_reason']}")
 
 
-@app.command()
+@app.command(rich_help_panel="Test")
 def burst(
     target: str = typer.Argument(..., help=TARGET_HELP),
     api_key: str | None = typer.Option(None, envvar="FLEETGATE_API_KEY", help=KEY_HELP),

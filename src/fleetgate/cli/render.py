@@ -11,7 +11,7 @@ from fleetgate.cli.common import load_or_exit
 from fleetgate.render import RenderError, render_host, render_litellm, source_of
 
 
-@app.command()
+@app.command(rich_help_panel="Ship")
 def render(
     fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
     out: Path = typer.Option(Path("rendered"), "--out", help="directory to write into"),

@@ -24,7 +24,7 @@ def _checked(path: Path) -> Fleet:
     return fleet
 
 
-@app.command()
+@app.command(rich_help_panel="Run")
 def serve(
     fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
     host: str | None = typer.Option(None, help="listen address (default: gateway.listen)"),

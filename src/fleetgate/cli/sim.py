@@ -13,7 +13,7 @@ from fleetgate.cli.common import load_or_exit
 from fleetgate.sim import Faults, SimConfig, SimServer, sim_config_for
 
 
-@app.command()
+@app.command(rich_help_panel="Run")
 def sim(
     fleet: Path | None = typer.Argument(
         None, help="take the deployment's settings from this fleet"

@@ -56,7 +56,7 @@ def announce(running: RunningFleet) -> None:
     console.print("Ctrl-C stops everything.")
 
 
-@app.command()
+@app.command(rich_help_panel="Run")
 def up(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     port: int | None = typer.Option(None, help="gateway port (default: the fleet file's)"),

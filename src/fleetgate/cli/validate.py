@@ -12,7 +12,7 @@ from fleetgate.plan import plan_problems
 from fleetgate.spec import check_fleet
 
 
-@app.command()
+@app.command(rich_help_panel="Plan")
 def validate(
     fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
 ) -> None:
