@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from fleetgate.cli import app
 from fleetgate.render import (
     RenderError,
     render_host,
@@ -68,11 +70,34 @@ def test_output_is_deterministic_and_never_holds_a_secret(monkeypatch: pytest.Mo
 
 def test_every_file_names_its_fleet_file_and_settings_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     for path, text in _render_all(monkeypatch).items():
+        assert "examples/homelab" not in text, f"{path} names the path the fleet was given by"
         if path.endswith("manifest.json"):
-            assert '"settings_sha256"' in text and FLEET in text
+            assert '"settings_sha256"' in text
+            assert json.loads(text)["fleet_file"] == "fleet.yaml"
         else:
-            assert f"Rendered by fleetgate from {FLEET}" in text, path
+            assert "Rendered by fleetgate from fleet.yaml (" in text, path
             assert "settings sha256:" in text, path
+
+
+def test_relative_and_absolute_paths_render_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A deploy from another directory must not see every file as changed."""
+    runner = CliRunner()
+    outputs = []
+    for cwd, fleet in (
+        (ROOT, FLEET),
+        (ROOT / "examples", "homelab/fleet.yaml"),
+        (tmp_path, str(ROOT / FLEET)),
+    ):
+        monkeypatch.chdir(cwd)
+        out = tmp_path / f"out{len(outputs)}"
+        result = runner.invoke(app, ["render", fleet, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        files = [p for p in out.rglob("*") if p.is_file()]
+        outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in files})
+    assert len(outputs[0]) >= 10
+    assert outputs[0] == outputs[1] == outputs[2]
 
 
 def test_a_changed_setting_changes_only_its_deployments_hash(

@@ -167,8 +167,9 @@ def deploy(
             gate_timeout=gate_timeout,
             step=step,
         )
+        # release.json (left out of the diff) records where this deploy read the fleet from
         return deployer.deploy(
-            render_host(source, host), fleet_file=source.fleet_file, dry_run=dry_run
+            render_host(source, host), fleet_file=str(fleet.resolve()), dry_run=dry_run
         )
 
     _run_and_report(names, work, show_diff=dry_run)

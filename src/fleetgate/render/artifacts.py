@@ -36,7 +36,11 @@ class RenderError(ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """What the artifacts are rendered from: the secret-free fleet and its file's name."""
+    """What the artifacts are rendered from: the secret-free fleet and its file's name.
+
+    Only the file's name, never the path it was given by: the same fleet renders the same bytes
+    from any directory, so a deploy's diff shows only what the fleet file changed.
+    """
 
     fleet: Fleet
     raw: dict[str, Any]
@@ -47,7 +51,7 @@ def source_of(loaded: LoadedFleet) -> Source:
     """Re-validate the fleet from its uninterpolated text, with no environment at all."""
     fleet = Fleet.model_validate(interpolate(loaded.raw, {}, strict=False))
     _refuse_literal_secrets(fleet)
-    name = loaded.path.as_posix() if loaded.path else "fleet.yaml"
+    name = loaded.path.name if loaded.path else "fleet.yaml"
     return Source(fleet=fleet, raw=loaded.raw, fleet_file=name)
 
 

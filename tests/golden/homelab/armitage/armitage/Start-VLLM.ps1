@@ -1,4 +1,4 @@
-# Rendered by fleetgate from examples/homelab/fleet.yaml (deployment armitage); settings sha256:9aee9d0665948bc2.
+# Rendered by fleetgate from fleet.yaml (deployment armitage); settings sha256:9aee9d0665948bc2.
 # Do not edit: change the fleet file and render again.
 # Runs vLLM deployment armitage in Docker Desktop (vllm/vllm-openai:v0.32.0) on an NVIDIA GPU (Windows).
 # Usage: powershell -NoProfile -ExecutionPolicy Bypass -File Start-VLLM.ps1 [start|stop|restart|status|logs] [-Lines N]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rendered by fleetgate from examples/homelab/fleet.yaml (deployment armitage); settings sha256:9aee9d0665948bc2.
+# Rendered by fleetgate from fleet.yaml (deployment armitage); settings sha256:9aee9d0665948bc2.
 # Do not edit: change the fleet file and render again.
 # Runs vLLM deployment armitage in Docker (vllm/vllm-openai:v0.32.0) on an NVIDIA GPU.
 # Usage: start-vllm.sh start|stop|restart|status|logs [LINES]|run

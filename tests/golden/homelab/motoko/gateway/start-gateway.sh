@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rendered by fleetgate from examples/homelab/fleet.yaml (gateway); settings sha256:e5053effe2a1aeb3.
+# Rendered by fleetgate from fleet.yaml (gateway); settings sha256:e5053effe2a1aeb3.
 # Do not edit: change the fleet file and render again.
 # Runs the fleetgate gateway as a background process with a pid file and a log file (no systemd needed).
 # Usage: start-gateway.sh start|stop|restart|status|logs [LINES]|run

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rendered by fleetgate from examples/homelab/fleet.yaml (deployment wintermute); settings sha256:e9607e1e513ea643.
+# Rendered by fleetgate from fleet.yaml (deployment wintermute); settings sha256:e9607e1e513ea643.
 # Do not edit: change the fleet file and render again.
 # Runs vLLM deployment wintermute in Docker (vllm/vllm-openai:v0.32.0) on an NVIDIA GPU.
 # Usage: start-vllm.sh start|stop|restart|status|logs [LINES]|run
