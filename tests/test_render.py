@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,11 +205,24 @@ def test_systemd_units_verify(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
+    # verify wants ExecStart's executable to exist: point fleetgate_bin at this one
+    fleetgate_bin = Path(sys.executable).parent / "fleetgate"
+    if not fleetgate_bin.exists():
+        pytest.skip("no fleetgate executable beside this python")
+    text = (ROOT / FLEET).read_text()
+    motoko = "    os: linux\n    transport: ssh\n    ssh: {user: ops}\n"
+    assert motoko in text
+    text = text.replace(motoko, motoko + f"    fleetgate_bin: {fleetgate_bin}\n")
+    source = source_of(parse_fleet(text, file=FLEET, strict_env=False))
+    gateway = render_host(source, "motoko")["gateway/fleetgate-gateway.service"]
+    assert f"ExecStart={fleetgate_bin} serve /home/ops/fleetgate/" in gateway
+    assert (
+        f'"${{FLEETGATE_BIN:-{fleetgate_bin}}}"'
+        in render_host(source, "motoko")["gateway/start-gateway.sh"]
+    )
     units = {
         "fleetgate-tiny.service": _process_files()["vllm.service"],
-        "fleetgate-gateway.service": _render_all(monkeypatch)[
-            "motoko/gateway/fleetgate-gateway.service"
-        ],
+        "fleetgate-gateway.service": gateway,
     }
     for name, text in units.items():
         file = tmp_path / name
@@ -221,6 +235,39 @@ def test_systemd_units_verify(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
             if name in line or "Command" in line or "Failed" in line
         ]
         assert result.returncode == 0 and not problems, f"{name}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("host", "workdir", "assumed"),
+    [
+        ("{ssh: {user: ops}}", "/home/ops/fleetgate", "/home/ops as the home of ssh user ops"),
+        ("{ssh: {user: root}}", "/root/fleetgate", "/root as the home of ssh user root"),
+        ("{address: box.lan}", "/root/fleetgate", "/root as the home of root (no ssh user"),
+        ("{ssh: {user: ops}, workdir: ~/fg}", "/home/ops/fg", "/home/ops as the home of ssh user"),
+        ("{ssh: {user: ops}, workdir: fg}", "/home/ops/fg", "/home/ops as the home of ssh user"),
+        ("{ssh: {user: ops}, workdir: /srv/fg}", "/srv/fg", None),
+    ],
+)  # fmt: skip
+def test_system_units_get_absolute_paths(host: str, workdir: str, assumed: str | None) -> None:
+    """A system unit's %h is root's home even with User=: paths are resolved when rendering."""
+    text = _process_fleet().replace(
+        "box: {address: 127.0.0.1, transport: local, workdir: /srv/fleetgate}", f"box: {host}"
+    )
+    text += "gateway: {host: box, port: 4000}\n"
+    files = render_host(source_of(parse_fleet(text, file="cpu.yaml", strict_env=False)), "box")
+    vllm, gateway = files["tiny/vllm.service"], files["gateway/fleetgate-gateway.service"]
+    for unit in (vllm, gateway):
+        assert "%h" not in unit and "~" not in unit
+        assert f"EnvironmentFile=-{workdir}/env\n" in unit
+        if assumed is None:
+            assert f"under the host's workdir {workdir} (from the fleet file)" in unit
+        else:
+            assert f"# Paths assume {assumed}" in unit
+            assert "# an absolute `workdir:` for this host in the fleet file overrides it" in unit
+    assert (
+        f"ExecStart=/usr/local/bin/fleetgate serve {workdir}/current/gateway/fleet.yaml " in gateway
+    )
+    assert "set `fleetgate_bin:` for this host" in gateway
 
 
 def test_process_script_runs_exactly_the_vllm_command(tmp_path: Path) -> None:

@@ -21,10 +21,11 @@ import yaml
 
 from fleetgate.render import words
 from fleetgate.render.vllm import CONTAINER_MODEL_DIR, VllmCommand, vllm_command
-from fleetgate.spec import Fleet, LoadedFleet
+from fleetgate.spec import Fleet, Host, LoadedFleet
 from fleetgate.spec.load import interpolate
 
 DEFAULT_WORKDIR = "~/fleetgate"
+DEFAULT_FLEETGATE_BIN = "/usr/local/bin/fleetgate"  # where systemd units expect fleetgate
 STOP_TIMEOUT_S = 30
 MANIFEST = "manifest.json"
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD)($|_)", re.IGNORECASE)
@@ -132,12 +133,25 @@ def workdir_of(fleet: Fleet, host: str) -> str:
     return fleet.hosts[host].workdir or DEFAULT_WORKDIR
 
 
-def _systemd_path(path: str) -> str:
-    """A host path as a systemd word; ``~/`` becomes ``%h/`` (the service manager's home)."""
-    if not path.startswith("~/"):
-        return words.systemd(path)
-    word = words.systemd(path[1:])
-    return '"%h' + word[1:] if word.startswith('"') else "%h" + word
+def _unit_workdir(host: Host) -> tuple[str, str]:
+    """The workdir as an absolute path for a system unit, and a header line saying where from.
+
+    A system unit's ``%h`` is the service manager's home (/root) even with ``User=``, so ``~`` is
+    resolved here: to the ssh user's conventional home (the unit runs as that user, or as root
+    when the fleet file names no user).
+    """
+    workdir = host.workdir or DEFAULT_WORKDIR
+    if workdir.startswith("/"):
+        return workdir, f"# Paths are under the host's workdir {workdir} (from the fleet file)."
+    user = host.ssh.user
+    home = "/root" if user in (None, "root") else f"/home/{user}"
+    relative = workdir[1:].lstrip("/") if workdir.startswith("~") else workdir
+    path = str(PurePosixPath(home, relative))
+    who = f"ssh user {user}" if user else "root (no ssh user is named: the unit runs as root)"
+    return path, (
+        f"# Paths assume {home} as the home of {who};\n"
+        "# an absolute `workdir:` for this host in the fleet file overrides it."
+    )
 
 
 def _paired(args: list[str], quote: Callable[[str], str], sep: str = " ") -> list[str]:
@@ -213,13 +227,14 @@ def vllm_files(source: Source, name: str) -> dict[str, str]:
             stop_timeout_s=STOP_TIMEOUT_S,
         )
         literal_env = [(k, v) for k, v in command.env if not words.env_refs(v)]
+        unit_workdir, paths_note = _unit_workdir(host)
         files["vllm.service"] = _template(
             "vllm.service.j2",
-            header=head,
+            header=head + "\n" + paths_note,
             name=name,
             served=dep.public_name(name),
             user=host.ssh.user,
-            env_file=_systemd_path(workdir + "/env"),
+            env_file=words.systemd(unit_workdir + "/env"),
             environment=[words.systemd(f"{k}={v}") for k, v in literal_env],
             exec_start=" ".join(words.systemd(a) for a in argv),
             stop_timeout_s=STOP_TIMEOUT_S,
@@ -292,6 +307,7 @@ def gateway_files(source: Source) -> dict[str, str]:
     head = _header(source, "gateway", digest)
     workdir = workdir_of(fleet, gw.host)
     serve = ["serve", "{config}", "--host", gw.listen, "--port", str(gw.port)]
+    fleetgate_bin = host.fleetgate_bin or "fleetgate"  # the script: the ssh PATH's by default
     config_here = '"$(cd "$(dirname "$SELF")" && pwd -P)/fleet.yaml"'
     script = _template(
         "process.sh.j2",
@@ -302,19 +318,28 @@ def gateway_files(source: Source) -> dict[str, str]:
         state_dir=words.sh_path(workdir),
         state_dir_text=workdir,
         env=[],
-        argv=['"${FLEETGATE_BIN:-fleetgate}"']
+        argv=[f'"${{FLEETGATE_BIN:-{fleetgate_bin}}}"']
         + [config_here if a == "{config}" else words.sh(a) for a in serve],
         stop_timeout_s=STOP_TIMEOUT_S,
     )
-    config_path = _systemd_path(workdir + "/current/gateway/fleet.yaml")
+    unit_workdir, paths_note = _unit_workdir(host)
+    config_path = words.systemd(unit_workdir + "/current/gateway/fleet.yaml")
+    unit_bin = host.fleetgate_bin or DEFAULT_FLEETGATE_BIN
+    bin_note = (
+        f"# Runs fleetgate from {unit_bin}"
+        + ("" if host.fleetgate_bin else " (set `fleetgate_bin:` for this host to change it)")
+        + "."
+    )
     unit = _template(
         "gateway.service.j2",
-        header=head,
+        header=head + "\n" + paths_note + "\n" + bin_note,
         fleet=fleet.name,
         user=host.ssh.user,
-        env_file=_systemd_path(workdir + "/env"),
-        exec_start="/usr/bin/env fleetgate "
-        + " ".join(config_path if a == "{config}" else words.systemd(a) for a in serve),
+        env_file=words.systemd(unit_workdir + "/env"),
+        exec_start=" ".join(
+            [words.systemd(unit_bin)]
+            + [config_path if a == "{config}" else words.systemd(a) for a in serve]
+        ),
     )
     return {
         "fleet.yaml": head + "\n" + _yaml(source.raw),

@@ -80,6 +80,12 @@ class Host(_Strict):
     workdir: str | None = Field(
         default=None, description="where releases live on the host; default ~/fleetgate"
     )
+    fleetgate_bin: str | None = Field(
+        default=None,
+        pattern=r"^/[A-Za-z0-9._+@/\-]+$",
+        description="absolute path of the fleetgate executable on the host; default: "
+        "/usr/local/bin/fleetgate in the gateway's systemd unit, the PATH's in its script",
+    )
     gpus: list[Gpu] = []
 
 
