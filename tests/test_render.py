@@ -156,11 +156,9 @@ def test_yaml_files_parse_back_to_the_fleets_settings(monkeypatch: pytest.Monkey
 
     litellm = yaml.safe_load(files["litellm.config.yaml"])
     entries = {m["model_name"]: m for m in litellm["model_list"]}
-    assert set(entries) == {
-        "llama31-8b-wintermute",
-        "llama31-8b-wintermute-burst",
-        "qwen2.5-7b-armitage",
-    }
+    # the burst profile differs only in its queue: an alias, sharing the route's entry and slots
+    assert set(entries) == {"llama31-8b-wintermute", "qwen2.5-7b-armitage"}
+    assert entries["llama31-8b-wintermute"]["litellm_params"]["max_parallel_requests"] == 2
     qwen = entries["qwen2.5-7b-armitage"]
     assert qwen["litellm_params"]["rpm"] == 40
     assert qwen["litellm_params"]["tpm"] == 80000
@@ -170,9 +168,64 @@ def test_yaml_files_parse_back_to_the_fleets_settings(monkeypatch: pytest.Monkey
     assert litellm["router_settings"]["enable_pre_call_checks"] is True
     assert litellm["router_settings"]["num_retries"] == 2
     assert litellm["router_settings"]["model_group_alias"] == {
+        "llama31-8b-wintermute-burst": "llama31-8b-wintermute",
         "llama": "llama31-8b-wintermute",
         "qwen": "qwen2.5-7b-armitage",
     }
+
+
+def _litellm_with(replacements: dict[str, str]) -> tuple[str, dict]:
+    text = (ROOT / FLEET).read_text()
+    for old, new in replacements.items():
+        assert old in text
+        text = text.replace(old, new)
+    rendered = render_litellm(source_of(parse_fleet(text, file=FLEET, strict_env=False)))
+    return rendered, yaml.safe_load(rendered)
+
+
+def _parallel_per_backend(config: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for entry in config["model_list"]:
+        params = entry["litellm_params"]
+        out[params["api_base"]] = out.get(params["api_base"], 0) + params["max_parallel_requests"]
+    return out
+
+
+BURST = "          queue_wait_s: 180\n"
+
+
+def test_litellm_profile_with_its_own_limits_splits_the_backends_slots() -> None:
+    """LiteLLM caps each entry alone: route + profile entries must not exceed the slots."""
+    _, config = _litellm_with(
+        {
+            BURST: BURST + "          rpm: 10\n",
+            "    qwen: qwen2.5-7b-armitage": "    b: llama31-8b-wintermute-burst",
+        }
+    )
+    entries = {m["model_name"]: m["litellm_params"] for m in config["model_list"]}
+    assert entries["llama31-8b-wintermute"]["max_parallel_requests"] == 1
+    assert entries["llama31-8b-wintermute-burst"]["max_parallel_requests"] == 1
+    assert entries["llama31-8b-wintermute-burst"]["rpm"] == 10
+    assert entries["llama31-8b-wintermute"]["rpm"] == 60
+    assert _parallel_per_backend(config) == {
+        "http://wintermute.lan:8000/v1": 2,
+        "http://armitage.lan:8000/v1": 1,
+    }
+    # a fleet alias of the profile points straight at the profile's own entries
+    assert config["router_settings"]["model_group_alias"]["b"] == "llama31-8b-wintermute-burst"
+
+
+def test_litellm_profile_without_a_slot_to_spare_becomes_an_alias() -> None:
+    text, config = _litellm_with(
+        {BURST: BURST + "          rpm: 10\n", "      concurrency: 2\n": "      concurrency: 1\n"}
+    )
+    names = {m["model_name"] for m in config["model_list"]}
+    assert "llama31-8b-wintermute-burst" not in names
+    assert _parallel_per_backend(config)["http://wintermute.lan:8000/v1"] == 1
+    alias = config["router_settings"]["model_group_alias"]
+    assert alias["llama31-8b-wintermute-burst"] == "llama31-8b-wintermute"
+    assert "llama31-8b-wintermute-burst: alias of llama31-8b-wintermute" in text
+    assert "NOT exported" in text
 
 
 def _process_fleet() -> str:

@@ -1,8 +1,20 @@
 """The fleet's routes as a LiteLLM proxy config, for people who keep LiteLLM in front.
 
-Same public names, aliases, profiles, limits and retries as the fleetgate gateway. LiteLLM
-applies rpm/tpm/max_parallel_requests per deployment entry; fleetgate's queue depth and wait
-have no LiteLLM equivalent and are left out (said in the file's header).
+Same public names, aliases, limits and retries as the fleetgate gateway, as far as LiteLLM can
+say them. What it cannot:
+
+- Profiles sharing one slot pool. LiteLLM caps ``max_parallel_requests`` per model_list entry
+  (one semaphore per entry), and a public name is either its own entries or a
+  ``model_group_alias`` of another name's entries. So a profile whose exported limits equal its
+  route's becomes an alias of the route (same entries: the slots are shared, and so are rpm/tpm,
+  which fleetgate counts per profile). A profile with limits of its own needs entries of its
+  own, and then each deployment's slots are split between the entries that use it: the route
+  can no longer borrow a slot the idle profile holds. Were each entry given the route's
+  concurrency, LiteLLM would send twice the backend's slots.
+- Per-key route restrictions (``api_keys[].routes``) and more than one key: a config file has
+  only the ``master_key`` (allowed every model); per-key model lists are LiteLLM virtual keys,
+  made through its API with a database.
+- fleetgate's queue (``queue_depth``, ``queue_wait_s``).
 """
 
 from __future__ import annotations
@@ -13,7 +25,10 @@ import yaml
 
 from fleetgate.render import words
 from fleetgate.render.artifacts import Source, gateway_hash
-from fleetgate.spec import public_models
+from fleetgate.spec import Fleet, PublicModel, public_models
+
+# Limits a LiteLLM entry carries besides max_parallel_requests.
+_EXPORTED = ("rpm", "tpm", "max_input_tokens", "max_output_tokens")
 
 
 def _secret(value: str | None) -> str | None:
@@ -24,16 +39,83 @@ def _secret(value: str | None) -> str | None:
     return f"os.environ/{refs[0]}" if refs and value == f"${{{refs[0]}}}" else None
 
 
+def _exported(public: PublicModel) -> tuple[object, ...]:
+    return tuple(getattr(public.limits, key) for key in _EXPORTED)
+
+
+def _slots(fleet: Fleet, models: dict[str, PublicModel]) -> dict[str, int]:
+    """Each deployment's slots as the gateway counts them: the smallest concurrency of the
+    routes on it (a route without one: the deployment's max_num_seqs)."""
+    slots: dict[str, int] = {}
+    for public in models.values():
+        if public.kind != "route":
+            continue
+        for name in public.deployments:
+            conc = public.limits.concurrency or fleet.deployments[name].max_num_seqs
+            if conc is not None:
+                slots[name] = min(slots.get(name, conc), conc)
+    return slots
+
+
+def _lanes(
+    models: dict[str, PublicModel], slots: dict[str, int]
+) -> tuple[list[PublicModel], list[str]]:
+    """The public names that get entries of their own (routes first), and notes on the rest.
+
+    A profile is an alias of its route when its exported limits are the route's, or when a
+    deployment has too few slots to give it one of its own.
+    """
+    notes: list[str] = []
+    lanes = [m for m in models.values() if m.kind == "route"]
+    for public in models.values():
+        if public.kind != "profile":
+            continue
+        if _exported(public) == _exported(models[public.route]):
+            notes.append(
+                f"{public.name}: alias of {public.route} (same limits; queue not exported)"
+            )
+            continue
+        users = {d: sum(d in m.deployments for m in lanes) for d in public.deployments}
+        if any(d in slots and users[d] >= slots[d] for d in public.deployments):
+            notes.append(
+                f"{public.name}: alias of {public.route}, whose slots cannot be split further; "
+                "its own rpm, tpm and token limits are NOT exported"
+            )
+            continue
+        lanes.append(public)
+    return lanes, notes
+
+
+def _shares(lanes: list[PublicModel], slots: dict[str, int]) -> dict[tuple[str, str], int]:
+    """max_parallel_requests of each (public name, deployment) entry: the deployment's slots
+    split between its entries, routes first, never above the name's own concurrency."""
+    shares: dict[tuple[str, str], int] = {}
+    for dep, total in slots.items():
+        users = [m for m in lanes if dep in m.deployments]
+        for i, public in enumerate(users):
+            share = total // len(users) + (1 if i < total % len(users) else 0)
+            if public.limits.concurrency is not None:
+                share = min(share, public.limits.concurrency)
+            shares[(public.name, dep)] = max(share, 1)  # only routes outnumbering slots get 1
+    return shares
+
+
 def render_litellm(source: Source) -> str:
     fleet = source.fleet
     gw = fleet.gateway
     if gw is None:
         raise ValueError("the fleet file has no gateway section")
     models = public_models(fleet)
+    slots = _slots(fleet, models)
+    lanes, notes = _lanes(models, slots)
+    shares = _shares(lanes, slots)
+    for dep, total in slots.items():
+        given = sum(n for (_, d), n in shares.items() if d == dep)
+        if given > total:
+            notes.append(f"{dep}: more routes than its {total} slots; LiteLLM may send {given}")
+    own = {m.name for m in lanes}
     model_list: list[dict[str, Any]] = []
-    for public in models.values():
-        if public.kind == "alias":
-            continue
+    for public in lanes:
         limits = public.limits
         for name in public.deployments:
             dep = fleet.deployments[name]
@@ -46,7 +128,7 @@ def render_litellm(source: Source) -> str:
             for key, value in (
                 ("rpm", limits.rpm),
                 ("tpm", limits.tpm),
-                ("max_parallel_requests", limits.concurrency),
+                ("max_parallel_requests", shares.get((public.name, name))),
             ):
                 if value is not None:
                     params[key] = value
@@ -61,7 +143,13 @@ def render_litellm(source: Source) -> str:
             model_list.append(
                 {"model_name": public.name, "litellm_params": params, "model_info": info}
             )
-    aliases = {a: models[a].profile or models[a].route for a in gw.aliases if a in models}
+
+    def group(public: PublicModel) -> str:
+        """The entries a public name is served by (LiteLLM does not follow alias chains)."""
+        name = public.profile or public.route
+        return name if name in own else public.route
+
+    aliases = {m.name: group(m) for m in models.values() if m.kind != "route" and m.name not in own}
     router: dict[str, Any] = {
         "enable_pre_call_checks": True,
         "num_retries": gw.retries,
@@ -81,7 +169,13 @@ def render_litellm(source: Source) -> str:
         f"# Rendered by fleetgate from {source.fleet_file} (LiteLLM proxy config); "
         f"settings sha256:{gateway_hash(source)}.\n"
         "# Do not edit: change the fleet file and render again.\n"
-        "# LiteLLM applies rpm, tpm and max_parallel_requests per model_list entry; fleetgate's\n"
-        "# queue_depth and queue_wait_s have no LiteLLM equivalent and are not exported.\n"
+        "# LiteLLM caps max_parallel_requests per model_list entry and cannot share one slot\n"
+        "# pool between a route and its profiles: a profile with the route's limits is a\n"
+        "# model_group_alias of it (same entries, same slots); one with limits of its own gets\n"
+        "# its own entries, and each deployment's slots are split between the entries on it.\n"
+        "# Not exported: fleetgate's queue (queue_depth, queue_wait_s), API keys other than the\n"
+        "# first (the master_key, allowed every model) and per-key route restrictions, which\n"
+        "# in LiteLLM are virtual keys made through its API.\n"
     )
+    head += "".join(f"# {note}\n" for note in notes)
     return head + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
