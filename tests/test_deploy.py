@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -236,6 +237,29 @@ def test_health_command_reports_each_unit(tmp_path: Path, box: dict) -> None:
     )
     up = runner.invoke(app, ["health", str(fleet)])
     assert up.exit_code == 0, up.output
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client")
+def test_dry_run_against_an_unreachable_host_still_shows_the_release(tmp_path: Path) -> None:
+    """Nothing listens on the port: ssh fails, and the dry run says so and lists the files."""
+    port = free_port()
+    host = {"address": "127.0.0.1", "transport": "ssh", "ssh": {"user": "ops", "port": port}}
+    fleet = write_fleet(
+        tmp_path / "fleet.yaml",
+        host=host,
+        python=Path("/usr/bin/python3"),
+        port=free_port(),
+        max_model_len=1024,
+        kv_tokens=2048,
+    )
+    result = CliRunner().invoke(app, ["deploy", str(fleet), "--dry-run"])
+    assert result.exit_code == 1, result.output  # no diff could be made
+    assert "box: dry run, no diff" in result.output
+    assert "could not read the host's release for the diff: ssh ops@127.0.0.1" in result.output
+    assert "would run tiny (vllm, process) at http://127.0.0.1:" in result.output
+    assert "would install 4 files:" in result.output
+    for path in ("tiny/start-vllm.sh", "tiny/vllm.service", "tiny/vllm-args.txt", "manifest.json"):
+        assert f"    {path} (" in result.output, path
 
 
 def test_diff_ignores_release_metadata() -> None:

@@ -144,7 +144,11 @@ def _run_and_report(
 def deploy(
     fleet: Path = typer.Argument(..., help="the fleet file"),
     hosts: list[str] = typer.Argument(None, help="only these hosts (default: all in use)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="show the diff, change nothing"),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="show the diff (an unreachable host: what would be installed), change nothing",
+    ),
     gate_timeout: float = typer.Option(900, help="seconds a unit has to pass its health gate"),
     backups: Path | None = BACKUPS,
     ssh_config: Path | None = SSH_CONFIG,

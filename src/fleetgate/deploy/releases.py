@@ -78,6 +78,16 @@ def diff_releases(old: dict[str, bytes], new: dict[str, bytes]) -> str:
     return "".join(chunks)
 
 
+def release_summary(files: dict[str, bytes]) -> list[str]:
+    """What a release would install: its units, then its files with their sizes."""
+    lines = [
+        f"would run {u['name']} ({u['kind']}, {u['runtime']}) at {u['url']}" for u in _units(files)
+    ]
+    lines.append(f"would install {len(files)} files:")
+    lines += [f"  {path} ({len(data)} bytes)" for path, data in sorted(files.items())]
+    return lines
+
+
 def log_excerpt(unit: str, text: str) -> str:
     """The exception lines of a server log (the cause often sits above a long traceback) and
     its last lines."""
@@ -203,9 +213,19 @@ class HostDeployer:
     ) -> None:
         new = {path: text.encode() for path, text in rendered.items()}
         self.step("reading releases")
-        state = self.ops.state()
+        try:
+            state = self.ops.state()
+            old = self.ops.fetch(state.current) if state.current else {}
+        except (HostError, TransportError) as exc:
+            if not dry_run:
+                raise
+            # still show what would go there; only the comparison needs the host
+            report.ok = False
+            report.action = "dry run, no diff"
+            report.messages.append(f"could not read the host's release for the diff: {exc}")
+            report.messages.extend(release_summary(new))
+            return
         report.previous = state.current
-        old = self.ops.fetch(state.current) if state.current else {}
         report.diff = diff_releases(old, new)
         if dry_run:
             report.action = "dry run"
