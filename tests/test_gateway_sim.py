@@ -356,9 +356,15 @@ async def test_queue_is_fifo_and_a_wait_past_the_deadline_is_429(client) -> None
             hog = asyncio.create_task(one(3, 50))  # ~1 s
             await eventually(lambda: gw.gateway.admission.pools["d1"].in_use == 1)
             status, body, headers = await post(client, gw.url, chat(max_tokens=5))
-            assert_error(status, body, 429, "queue_wait_s is 0.4")
+            assert_error(status, body, 429, "position 1 (0 ahead)", "queue_wait_s is 0.4")
+            assert body["error"]["message"].startswith("waited 0.4 s")
             assert int(headers["Retry-After"]) >= 1
             assert await hog == 200
+            async with client.get(gw.url + "/metrics") as resp:
+                scraped = await resp.text()
+            # the refused wait is in the histogram next to the admitted ones
+            assert f'queue_wait_seconds_count{{lane="{ROUTE}",outcome="timed_out"}} 1.0' in scraped
+            assert f'queue_wait_seconds_count{{lane="{ROUTE}",outcome="admitted"}} 4.0' in scraped
 
 
 async def test_profile_shares_slots_but_has_its_own_queue(client) -> None:
@@ -672,9 +678,46 @@ async def test_tokenize_answers_the_backends_count_under_the_public_name(sim, cl
         status, body, headers = await tokenize(client, gw.url, body_in)
         assert_error(status, body, 503, "down")
         assert int(headers["Retry-After"]) >= 1
+        assert (await post(client, gw.url, chat(max_tokens=2)))[0] == 503
+        sim.set_faults("ok")
+        await eventually(lambda: gw.gateway.upstream.healthy("d1"))
+        assert (await post(client, gw.url, chat(max_tokens=2)))[0] == 200
         async with client.get(gw.url + "/metrics") as resp:
             scraped = await resp.text()
-        assert f'fleetgate_requests_total{{model="{ROUTE}",reason="",status="200"}} 3.0' in scraped
+        # counts asked for and completions served are told apart
+        total = "fleetgate_requests_total{endpoint="
+        assert f'{total}"tokenize",model="{ROUTE}",reason="",status="200"}} 3.0' in scraped
+        assert f'{total}"chat",model="{ROUTE}",reason="",status="200"}} 1.0' in scraped
+        assert f'{total}"chat",model="{ROUTE}",reason="unavailable",status="503"}} 1.0' in scraped
+
+
+async def test_every_deployment_down_says_so_the_same_way_before_and_in_the_queue(client) -> None:
+    gateway_kw = {"health": {"interval_s": 7, "unhealthy_after": 1}}
+    async with SimServer(sim_config(decode_tps=50.0, reply_tokens=None)) as sim:
+        doc = doc_for(sim, concurrency=1, queue_depth=4, queue_wait_s=60, gateway_kw=gateway_kw)
+        async with gateway(doc) as gw:
+            hog = asyncio.create_task(post(client, gw.url, chat(max_tokens=50)))
+            await eventually(lambda: gw.gateway.admission.pools["d1"].in_use == 1)
+            queued = asyncio.create_task(post(client, gw.url, chat(max_tokens=2)))
+            await eventually(lambda: gw.gateway.admission.queued(ROUTE) == 1)
+            gw.gateway.upstream.record("d1", False)  # what a failed health check does
+            from_queue = await queued
+            before_queue = await post(client, gw.url, chat(max_tokens=2))
+            for status, body, headers in (from_queue, before_queue):
+                assert_error(status, body, 503, f"every deployment of {ROUTE!r} is down (d1)")
+                assert "every 7 s" in body["error"]["message"]
+                assert headers["Retry-After"] == "7"
+            assert from_queue[1] == before_queue[1]
+            hog.cancel()
+            await asyncio.gather(hog, return_exceptions=True)
+
+
+async def test_admin_endpoints_disabled_is_403_admin_disabled(sim, client) -> None:
+    async with gateway(doc_for(sim)) as gw:
+        async with client.post(gw.url + "/admin/reload") as resp:
+            body = await resp.json()
+        assert_error(resp.status, body, 403, "admin_key")
+        assert body["error"]["code"] == "admin_disabled"
 
 
 async def test_redis_backed_replicas_share_rpm(sim, client) -> None:

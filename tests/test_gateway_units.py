@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.gateway.accesslog import AccessLog
-from fleetgate.gateway.admission import Admission
+from fleetgate.gateway.admission import MAX_RETRY_AFTER_S, Admission
 from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, too_large
 from fleetgate.gateway.parse import parse_request
@@ -82,12 +82,69 @@ async def test_full_queue_and_deadline_give_429_with_retry_after() -> None:
     with pytest.raises(GatewayError) as full:
         await adm.acquire("lane", ("d",), 1, 10)
     assert full.value.status == 429 and full.value.reason == "queue_full"
-    assert full.value.retry_after == 8.0  # second in line behind one slot of ~4 s
+    assert full.value.retry_after == 8  # second in line behind one slot of ~4 s
     with pytest.raises(GatewayError) as late:
         await waiter
     assert late.value.status == 429 and late.value.reason == "queue_timeout"
+    assert "position 1 (0 ahead)" in late.value.message
+    assert "queue_wait_s is 0.05" in late.value.message
     assert adm.queued("lane") == 0
     adm.release(held)
+
+
+async def test_retry_after_counts_how_long_the_running_requests_have_run() -> None:
+    adm = Admission()
+    adm.configure({"a": 1, "b": 1})
+    held = [await adm.acquire("r", ("a", "b"), 0, 10) for _ in range(2)]
+    # nothing has finished yet, but both requests have been running for 6 s
+    for pool in adm.pools.values():
+        pool.running_since[:] = [t - 6 for t in pool.running_since]
+    with pytest.raises(GatewayError) as full:
+        await adm.acquire("r", ("a", "b"), 0, 10)
+    assert full.value.retry_after == 7  # first in line, two slots, each ~6 s and counting
+    assert adm.estimate_wait(("a", "b"), 3) == 13  # two rounds of just over 6 s
+    adm.pools["a"].service_s = adm.pools["b"].service_s = 20.0
+    assert adm.estimate_wait(("a", "b"), 1) == 20  # recent service times when longer
+    adm.pools["a"].running_since[0] -= 10**6
+    assert adm.estimate_wait(("a", "b"), 1) == MAX_RETRY_AFTER_S  # bounded
+    for pool in held:
+        adm.release(pool)
+    assert all(not p.running_since for p in adm.pools.values())
+    adm.pools["a"].service_s = adm.pools["b"].service_s = None
+    assert adm.estimate_wait(("a", "b"), 1) == 1  # nothing known: one second, never 0
+
+
+async def test_a_released_slot_takes_its_own_start_time_along() -> None:
+    adm = Admission()
+    adm.configure({"d": 2})
+    old = await adm.acquire("r", ("d",), 0, 10)
+    adm.pools["d"].running_since[0] -= 30
+    new = await adm.acquire("r", ("d",), 0, 10)
+    adm.release(new, 0.001)
+    assert adm.estimate_wait(("d",), 1) == 31  # the 30 s one is still running
+    adm.release(old, 30.0)
+    assert adm.pools["d"].running_since == []
+
+
+async def test_all_down_is_one_refusal_with_the_route_and_the_recheck_interval() -> None:
+    adm = Admission()
+    adm.configure({"a": 1}, recheck_s=7)
+    await adm.acquire("r-burst", ("a",), 4, 10, route="r")
+    waiter = asyncio.create_task(adm.acquire("r-burst", ("a",), 4, 10, route="r"))
+    await asyncio.sleep(0)
+    adm.set_healthy("a", False)
+    with pytest.raises(GatewayError) as stranded:
+        await waiter
+    with pytest.raises(GatewayError) as fresh:
+        await adm.acquire("r-burst", ("a",), 4, 10, route="r")
+    with pytest.raises(GatewayError) as checked:
+        adm.require_healthy("r", ("a",))
+    for err in (stranded.value, fresh.value, checked.value):
+        assert err.status == 503 and err.retry_after == 7
+        assert err.message == (
+            "every deployment of 'r' is down (a); the health checks look again every 7 s: "
+            "retry after 7 s"
+        )
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_and_never_holds_a_slot() -> None:
@@ -166,6 +223,7 @@ async def test_rpm_allows_a_minute_of_requests_then_429(limiter) -> None:
         await limiter.reserve(quota, 10)
     assert exc.value.status == 429 and exc.value.reason == "rpm"
     assert 0 < exc.value.retry_after <= 20.5  # a third of a minute refills one request
+    assert "at least 3 requests were made within the last minute" in exc.value.message
     assert "rpm is 3" in exc.value.message
 
 

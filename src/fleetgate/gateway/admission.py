@@ -16,10 +16,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from time import monotonic
 
-from fleetgate.gateway.errors import rate_limited, unavailable
+from fleetgate.gateway.errors import all_down, rate_limited, retry_after_seconds
 
-# Until a deployment has finished a request, assume this long per request for Retry-After.
+# With nothing finished and nothing running to go by, assume this long per request.
 _DEFAULT_SERVICE_S = 1.0
+# Retry-After never says more than this: past it the guess is worth little, and a client told
+# "an hour" gives up on a queue that may drain in a minute.
+MAX_RETRY_AFTER_S = 300
 _EWMA = 0.2
 
 
@@ -32,16 +35,36 @@ class SlotPool:
     in_use: int = 0
     healthy: bool = True
     service_s: float | None = None  # moving average of how long a slot is held
+    # when each held slot was handed out (monotonic), one entry per slot in use
+    running_since: list[float] = field(default_factory=list)
 
     @property
     def free(self) -> bool:
         return self.healthy and self.in_use < self.capacity
+
+    def take(self) -> None:
+        self.in_use += 1
+        self.running_since.append(monotonic())
+
+    def give_back(self, held_s: float | None) -> None:
+        """Free a slot; its hand-out time is the one closest to ``now - held_s`` (the holder's
+        own clock reading differs by microseconds), or the newest if the holder did not say."""
+        self.in_use -= 1
+        since = self.running_since
+        if not since:
+            return
+        if held_s is None or len(since) == 1:
+            since.pop()
+            return
+        target = monotonic() - held_s
+        since.remove(min(since, key=lambda s: abs(s - target)))
 
 
 @dataclass(eq=False)
 class _Waiter:
     seq: int
     lane: str
+    route: str
     candidates: tuple[str, ...]
     future: asyncio.Future[SlotPool]
     since: float = field(default_factory=monotonic)
@@ -52,13 +75,17 @@ class Admission:
 
     def __init__(self) -> None:
         self.pools: dict[str, SlotPool] = {}
+        self.recheck_s = 5.0  # how often a down deployment is checked again (Retry-After of 503)
         self._queues: dict[str, deque[_Waiter]] = {}
         self._seq = itertools.count()
 
     # -- configuration and health -------------------------------------------------------------
 
-    def configure(self, capacities: dict[str, int]) -> None:
-        """Set every deployment's capacity; slots held by in-flight requests are kept."""
+    def configure(self, capacities: dict[str, int], recheck_s: float | None = None) -> None:
+        """Set every deployment's capacity (slots held by in-flight requests are kept) and how
+        often the health checks look at a down deployment again."""
+        if recheck_s is not None:
+            self.recheck_s = recheck_s
         for name, capacity in capacities.items():
             pool = self.pools.get(name)
             if pool is None:
@@ -67,7 +94,7 @@ class Admission:
                 pool.capacity = capacity
         for name in [n for n in self.pools if n not in capacities]:
             del self.pools[name]  # holders still release into the old object
-        self._fail_stranded("the route's deployments were removed by a reload")
+        self._fail_stranded("removed by a reload")
         for pool in self.pools.values():
             self._dispatch(pool)
 
@@ -79,10 +106,15 @@ class Admission:
         if healthy:
             self._dispatch(pool)
         else:
-            self._fail_stranded("every deployment of this route is down")
+            self._fail_stranded()
 
     def any_healthy(self, candidates: Iterable[str]) -> bool:
         return any((p := self.pools.get(c)) is not None and p.healthy for c in candidates)
+
+    def require_healthy(self, route: str, candidates: tuple[str, ...]) -> None:
+        """503 unless one of the route's deployments is up: the one place that refusal is made."""
+        if not self.any_healthy(candidates):
+            raise all_down(route, candidates, self.recheck_s)
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -100,48 +132,55 @@ class Admission:
             ):
                 best = pool
         if best is not None:
-            best.in_use += 1
+            best.take()
         return best
 
     async def acquire(
-        self, lane: str, candidates: tuple[str, ...], depth: int, wait_s: float
+        self,
+        lane: str,
+        candidates: tuple[str, ...],
+        depth: int,
+        wait_s: float,
+        *,
+        route: str | None = None,
     ) -> SlotPool:
         """A slot now, or a place in the lane's queue until one frees up or ``wait_s`` passes.
 
-        Raises 429 when the queue is full or the wait runs out, 503 when every candidate is down.
-        A cancelled caller (client gone) leaves the queue.
+        Raises 429 when the queue is full or the wait runs out, 503 when every candidate of
+        ``route`` (default: the lane) is down. A cancelled caller (client gone) leaves the queue.
         """
         pool = self.try_acquire(candidates)
         if pool is not None:
             return pool
-        if not self.any_healthy(candidates):
-            raise unavailable(
-                "every deployment of this route is down", retry_after=_DEFAULT_SERVICE_S
-            )
+        route = route or lane
+        self.require_healthy(route, candidates)
         queue = self._queues.setdefault(lane, deque())
         if len(queue) >= depth:
-            retry = self.estimate_wait(candidates, len(queue) + 1)
+            ahead = self._waiting_ahead(candidates)
             raise rate_limited(
-                f"queue for {lane!r} is full: {len(queue)} requests waiting, "
-                f"queue_depth is {depth}",
+                f"queue for {lane!r} is full: {len(queue)} requests waiting in it "
+                f"({ahead} for its deployments in all), queue_depth is {depth}",
                 reason="queue_full",
-                retry_after=retry,
+                retry_after=self.estimate_wait(candidates, ahead + 1),
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(next(self._seq), lane, candidates, loop.create_future())
+        waiter = _Waiter(next(self._seq), lane, route, candidates, loop.create_future())
         queue.append(waiter)
         try:
             async with asyncio.timeout(wait_s):
                 return await waiter.future
         except TimeoutError:
+            ahead = self._waiting_ahead(candidates, before=waiter.seq)
             granted = self._leave(queue, waiter)
             if granted is not None:
                 return granted
+            waited = monotonic() - waiter.since
             raise rate_limited(
-                f"waited {wait_s:g} s in the queue for {lane!r} (queue_wait_s is {wait_s:g}) "
-                "without a free slot",
+                f"waited {waited:.1f} s in the queue for {lane!r} and was still at position "
+                f"{ahead + 1} ({ahead} ahead) for {len(candidates)} deployment(s); "
+                f"queue_wait_s is {wait_s:g}",
                 reason="queue_timeout",
-                retry_after=self.estimate_wait(candidates, len(queue) + 1),
+                retry_after=self.estimate_wait(candidates, self._waiting_ahead(candidates) + 1),
             ) from None
         except asyncio.CancelledError:
             granted = self._leave(queue, waiter)
@@ -150,19 +189,38 @@ class Admission:
             raise
 
     def release(self, pool: SlotPool, held_s: float | None = None) -> None:
-        pool.in_use -= 1
+        pool.give_back(held_s)
         if held_s is not None:
             prev = pool.service_s
             pool.service_s = held_s if prev is None else prev + _EWMA * (held_s - prev)
         self._dispatch(pool)
 
-    def estimate_wait(self, candidates: Iterable[str], position: int) -> float:
-        """Seconds until the ``position``-th waiter would get a slot, from recent service times."""
-        pools = [p for c in candidates if (p := self.pools.get(c)) is not None and p.healthy]
-        capacity = sum(p.capacity for p in pools) or 1
-        times = [p.service_s for p in pools if p.service_s is not None]
+    def estimate_wait(self, candidates: Iterable[str], position: int) -> int:
+        """Whole seconds (1 to :data:`MAX_RETRY_AFTER_S`) until the ``position``-th waiter would
+        get a slot: one request's time for each round of slots ahead of it.
+
+        A request's time is the recent service time, but at least how long the requests now
+        running have been at it on average: one that has run 6 s is unlikely to end in 1 s.
+        """
+        now = monotonic()
+        capacity = 0
+        times: list[float] = []
+        elapsed = 0.0
+        running = 0
+        for name in candidates:
+            pool = self.pools.get(name)
+            if pool is None or not pool.healthy:
+                continue
+            capacity += pool.capacity
+            if pool.service_s is not None:
+                times.append(pool.service_s)
+            running += len(pool.running_since)
+            elapsed += sum(now - s for s in pool.running_since)
         service = sum(times) / len(times) if times else _DEFAULT_SERVICE_S
-        return math.ceil(position / capacity) * service
+        if running:
+            service = max(service, elapsed / running)
+        rounds = math.ceil(position / (capacity or 1))
+        return min(MAX_RETRY_AFTER_S, retry_after_seconds(rounds * service))
 
     def queued(self, lane: str) -> int:
         queue = self._queues.get(lane)
@@ -172,6 +230,18 @@ class Admission:
         return {lane: len(q) for lane, q in self._queues.items()}
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _waiting_ahead(self, candidates: tuple[str, ...], before: int | None = None) -> int:
+        """Waiters in any lane that compete for one of ``candidates`` (queued before ``before``)."""
+        wanted = set(candidates)
+        return sum(
+            1
+            for queue in self._queues.values()
+            for w in queue
+            if not w.future.done()
+            and (before is None or w.seq < before)
+            and not wanted.isdisjoint(w.candidates)
+        )
 
     def _leave(self, queue: deque[_Waiter], waiter: _Waiter) -> SlotPool | None:
         """Take a waiter out; return the slot it was handed in the meantime, if any."""
@@ -197,13 +267,16 @@ class Admission:
             if oldest is None:
                 return
             waiter = oldest.popleft()
-            pool.in_use += 1
+            pool.take()
             waiter.future.set_result(pool)
 
-    def _fail_stranded(self, why: str) -> None:
+    def _fail_stranded(self, state: str = "down") -> None:
+        """Fail the waiters none of whose deployments is up, saying in what ``state`` they are."""
         for queue in self._queues.values():
             for waiter in list(queue):
                 if waiter.future.done() or self.any_healthy(waiter.candidates):
                     continue
                 queue.remove(waiter)
-                waiter.future.set_exception(unavailable(why, retry_after=_DEFAULT_SERVICE_S))
+                waiter.future.set_exception(
+                    all_down(waiter.route, waiter.candidates, self.recheck_s, state=state)
+                )

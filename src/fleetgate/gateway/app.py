@@ -16,7 +16,7 @@ from typing import TextIO
 from aiohttp import web
 
 from fleetgate.gateway.config import GatewayConfig, hash_key
-from fleetgate.gateway.errors import GatewayError, forbidden, unauthorized
+from fleetgate.gateway.errors import GatewayError, admin_disabled, unauthorized
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import authenticate, completions, tokenize
 from fleetgate.gateway.state import FleetLoader, Gateway, ReloadError
@@ -104,7 +104,7 @@ async def admin_reload(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     expected = gw.config.admin_key_hash
     if expected is None:
-        return forbidden("admin endpoints are disabled: set gateway.admin_key").response()
+        return admin_disabled("admin endpoints are disabled: set gateway.admin_key").response()
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(hash_key(token.strip()), expected):
         return unauthorized("admin key missing or wrong").response()

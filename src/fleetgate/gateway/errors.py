@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 
 from aiohttp import web
 
@@ -92,6 +93,10 @@ def forbidden(message: str) -> GatewayError:
     return GatewayError(403, message, reason="forbidden", code="model_not_allowed")
 
 
+def admin_disabled(message: str) -> GatewayError:
+    return GatewayError(403, message, reason="admin_disabled", code="admin_disabled")
+
+
 def not_found(message: str, *, param: str | None = "model") -> GatewayError:
     return GatewayError(404, message, reason="not_found", param=param, code="model_not_found")
 
@@ -114,6 +119,17 @@ def rate_limited(message: str, *, reason: str, retry_after: float) -> GatewayErr
 def unavailable(message: str, *, retry_after: float) -> GatewayError:
     return GatewayError(
         503, message, reason="unavailable", code="service_unavailable", retry_after=retry_after
+    )
+
+
+def all_down(
+    route: str, deployments: Iterable[str], recheck_s: float, *, state: str = "down"
+) -> GatewayError:
+    """503 for a route with no deployment up; retry once the health checks had another look."""
+    return unavailable(
+        f"every deployment of {route!r} is {state} ({', '.join(deployments)}); the health "
+        f"checks look again every {recheck_s:g} s: retry after {retry_after_seconds(recheck_s)} s",
+        retry_after=recheck_s,
     )
 
 

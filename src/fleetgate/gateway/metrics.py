@@ -69,14 +69,16 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "fleetgate_requests",
-            "Requests by public model, status and refusal reason",
-            ["model", "status", "reason"],
+            "Requests by public model, endpoint (chat, completions, tokenize), status and "
+            "refusal reason",
+            ["model", "endpoint", "status", "reason"],
             registry=r,
         )
         self.queue_wait = Histogram(
             "fleetgate_queue_wait_seconds",
-            "Time spent queued for a slot",
-            ["lane"],
+            "Time spent queued for a slot, by how the wait ended: admitted, timed_out (429) "
+            "or left (the client went away)",
+            ["lane", "outcome"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -32,7 +32,6 @@ from fleetgate.gateway.errors import (
     not_found,
     too_large,
     unauthorized,
-    unavailable,
 )
 from fleetgate.gateway.http import ProtocolError, Response
 from fleetgate.gateway.parse import ParsedRequest, parse_request, parse_tokenize
@@ -225,7 +224,7 @@ async def completions(
     request: web.Request, gw: Gateway, kind: str, path: str
 ) -> web.StreamResponse:
     started = perf_counter()
-    rec = _Record(kind)
+    rec = _Record("chat" if kind == "chat" else "completions")  # the endpoint, as /metrics says
     config = gw.config
     try:
         key = authenticate(config, request)
@@ -287,11 +286,7 @@ def _resolve(gw: Gateway, key: KeyConfig | None, name: str, rec: _Record) -> Mod
     rec.model, rec.lane = model.name, model.lane
     if key is not None and not key.allows(model):
         raise forbidden(f"the API key {key.name!r} is not allowed to use {model.name!r}")
-    if not gw.admission.any_healthy(model.deployments):
-        raise unavailable(
-            f"every deployment of {model.route!r} is down ({', '.join(model.deployments)})",
-            retry_after=config.health.interval_s,
-        )
+    gw.admission.require_healthy(model.route, model.deployments)
     return model
 
 
@@ -309,14 +304,21 @@ async def _forward(
     queued_at = perf_counter()
     try:
         pool = await gw.admission.acquire(
-            model.lane, model.deployments, model.queue_depth, model.queue_wait_s
+            model.lane, model.deployments, model.queue_depth, model.queue_wait_s, route=model.route
         )
-    except BaseException:
+    except BaseException as exc:
+        # A wait that ended without a slot is backpressure too: count it with how it ended.
+        outcome = "left" if isinstance(exc, asyncio.CancelledError) else None
+        if isinstance(exc, GatewayError) and exc.reason == "queue_timeout":
+            outcome = "timed_out"
+        if outcome is not None:
+            rec.queue_wait_s = perf_counter() - queued_at
+            gw.metrics.queue_wait.labels(model.lane, outcome).observe(rec.queue_wait_s)
         await gw.limiter.settle(quota, admitted.reserved, 0)
         raise
     got_slot = perf_counter()
     rec.queue_wait_s = got_slot - queued_at
-    gw.metrics.queue_wait.labels(model.lane).observe(rec.queue_wait_s)
+    gw.metrics.queue_wait.labels(model.lane, "admitted").observe(rec.queue_wait_s)
     holder = [pool]
     prepared: list[web.StreamResponse] = []
     try:
@@ -494,7 +496,9 @@ async def _stream_error(out: web.StreamResponse, error: GatewayError) -> None:
 
 
 def _finish(gw: Gateway, rec: _Record, started: float) -> None:
-    gw.metrics.requests.labels(rec.lane or "", str(rec.status), rec.reason or "").inc()
+    gw.metrics.requests.labels(
+        rec.lane or "", rec.endpoint, str(rec.status), rec.reason or ""
+    ).inc()
     counted = rec.endpoint != "tokenize"  # a count asked for is not a token served
     if counted and rec.tokens_in is not None and rec.lane is not None and rec.status == 200:
         gw.metrics.tokens.labels(rec.lane, "in").inc(rec.tokens_in)

@@ -38,8 +38,12 @@ class RateLimiter(Protocol):
 
 def _refusal(quota: Quota, which: int, wait_s: float, tokens: int) -> GatewayError:
     if which == 1:
+        # A bucket of rpm that refills continuously is below one request only when at least
+        # rpm requests arrived within the last minute (more, if some of it refilled meanwhile).
         return rate_limited(
-            f"rate limit for {quota.lane!r} reached: rpm is {quota.rpm} requests per minute",
+            f"rate limit for {quota.lane!r} reached: at least {quota.rpm} requests were made "
+            f"within the last minute and this one would be more; rpm is {quota.rpm} requests "
+            "per minute",
             reason="rpm",
             retry_after=wait_s,
         )

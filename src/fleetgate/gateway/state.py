@@ -46,7 +46,9 @@ class Gateway:
         self._apply(config)
 
     def _apply(self, config: GatewayConfig) -> None:
-        self.admission.configure({n: d.concurrency for n, d in config.deployments.items()})
+        self.admission.configure(
+            {n: d.concurrency for n, d in config.deployments.items()}, config.health.interval_s
+        )
         self.upstream.configure(config)
         self.config = config
 
