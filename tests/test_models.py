@@ -345,7 +345,7 @@ def test_config_json_multimodal_text_config() -> None:
 
 def test_config_json_missing_field_names_it(tmp_path: Path) -> None:
     cfg = {k: v for k, v in QWEN2_CONFIG.items() if k != "num_hidden_layers"}
-    with pytest.raises(ValueError, match="num_hidden_layers"):
+    with pytest.raises(UnknownModelError, match="num_hidden_layers"):
         load_model_info("m", config_path=write_json(tmp_path / "c.json", cfg))
 
 

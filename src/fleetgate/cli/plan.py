@@ -80,7 +80,12 @@ def plan(
             if (gpu is None) == (gpu_memory is None):
                 err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
                 raise typer.Exit(2)
-            known = lookup_gpu(gpu) if gpu else None
+            try:
+                known = lookup_gpu(gpu) if gpu else None
+            except KeyError as exc:
+                message = exc.args[0].replace("give memory_gib and arch", "use --gpu-memory GIB")
+                err_console.print(f"[red]error:[/] {message}")
+                raise typer.Exit(1) from None
             gpu_name = known.name if known else f"{gpu_memory:g} GiB"
             memory = known.memory_gib if known else float(gpu_memory or 0)
             info = load_model_info(model, config_path=config)
@@ -143,8 +148,12 @@ def _print_plan(p: DeploymentPlan) -> None:
         ("overhead", f"{p.overhead_gib:.2f} GiB (non-torch memory, CUDA graphs)"),
         (
             "KV cache",
-            f"{p.available_kv_gib:.2f} GiB, {p.kv_bytes_per_token // 1024} KiB/token "
-            f"({p.kv_cache_dtype}) = {p.kv_cache_tokens:,} tokens",
+            (
+                f"{p.available_kv_gib:.2f} GiB, {p.kv_bytes_per_token // 1024} KiB/token "
+                f"({p.kv_cache_dtype}) = {p.kv_cache_tokens:,} tokens"
+            )
+            if p.available_kv_gib > 0
+            else f"none: the budget is {-p.available_kv_gib:.2f} GiB short",
         ),
         ("context", f"max_model_len {p.max_model_len}; largest that fits {p.max_model_len_fit}"),
         (

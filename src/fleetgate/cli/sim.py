@@ -105,5 +105,11 @@ def _serve(server: SimServer) -> None:
         import uvloop
     except ImportError:
         uvloop = None
-    with contextlib.suppress(KeyboardInterrupt):
-        (uvloop.run if uvloop else asyncio.run)(main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            (uvloop.run if uvloop else asyncio.run)(main())
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        err_console.print(
+            f"[red]error:[/] cannot listen on {server.host}:{server.port}: {exc.strerror or exc}"
+        )
+        raise typer.Exit(1) from None

@@ -12,7 +12,8 @@ from fleetgate.models.catalog import catalog_arch, detect_quantization
 
 
 class UnknownModelError(LookupError):
-    """The model is neither in the catalog nor given with a config.json."""
+    """The model's architecture cannot be had: not in the catalog, and no readable config.json
+    (or safetensors files) given for it."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ def load_model_info(
         cfg_file = cfg_file or directory / "config.json"
         files = sorted(directory.glob("*.safetensors"))
         if files:
-            weight_bytes = sum(safetensors_bytes(f) for f in files)
+            try:
+                weight_bytes = sum(safetensors_bytes(f) for f in files)
+            except (OSError, ValueError) as exc:
+                raise UnknownModelError(f"cannot size the weights in {directory}: {exc}") from None
     if cfg_file is not None:
         try:
             cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
@@ -80,7 +84,14 @@ def load_model_info(
             raise UnknownModelError(f"cannot read {cfg_file}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise UnknownModelError(f"{cfg_file} is not valid JSON: {exc}") from None
-        arch = ModelArch.from_config(cfg, name=model_id)
+        if not isinstance(cfg, dict):
+            raise UnknownModelError(f"{cfg_file} is not a config.json (not a JSON object)")
+        try:
+            arch = ModelArch.from_config(cfg, name=model_id)
+        except KeyError as exc:
+            raise UnknownModelError(f"{cfg_file} lacks {exc.args[0]!r}") from None
+        except (ValueError, TypeError) as exc:
+            raise UnknownModelError(f"{cfg_file}: {exc}") from None
         method, bits, group = _quantization_from_config(cfg)
         return ModelInfo(arch, method or detect_quantization(model_id), weight_bytes, bits, group)
     arch = catalog_arch(model_id)

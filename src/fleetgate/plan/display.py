@@ -38,5 +38,5 @@ def memory_bar(plan: DeploymentPlan, width: int = 60) -> Text:
     for (label, attr, style, char), _v in zip(SEGMENTS, values, strict=True):
         shown = getattr(plan, attr)
         legend.append(f" {char} ", style=style)
-        legend.append(f"{label} {shown:.2f}")
+        legend.append(f"{label} {shown:.2f}" + (" (over budget)" if shown < 0 else ""))
     return Text.assemble(bar, "\n", legend)

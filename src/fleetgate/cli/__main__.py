@@ -1,0 +1,5 @@
+"""``python -m fleetgate.cli``."""
+
+from fleetgate.cli import main
+
+main()
