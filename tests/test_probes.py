@@ -15,6 +15,7 @@ from fleetgate.cli import app
 from fleetgate.gateway import serve
 from fleetgate.local import local_fleet
 from fleetgate.probes import (
+    ApiClient,
     BurstConfig,
     PromptFitError,
     fit_prompt,
@@ -25,7 +26,7 @@ from fleetgate.probes import (
 )
 from fleetgate.probes.html import burst_html
 from fleetgate.probes.stats import percentile, summarize
-from fleetgate.probes.targets import ModelUnderTest, Target
+from fleetgate.probes.targets import Backend, ModelUnderTest, Target
 from fleetgate.sim import SimConfig, SimServer
 from fleetgate.spec import load_fleet, parse_fleet
 
@@ -285,12 +286,13 @@ def test_smoke_and_burst_commands_against_a_bare_sim(tmp_path: Path) -> None:
         data = json.loads(out_json.read_text())
         assert data["summary"]["succeeded"] == 12 and len(data["results"]) == 12
         assert "<svg" in out_html.read_text()
-        # --max-errors is a gate: every request to an unknown model fails
+        # --max-errors is a gate: every request fails when the sim crashes them all
+        sim.set_faults(mode="dead")
         result = runner.invoke(
-            app, ["burst", sim.url, "--model", "nope", "--requests", "3", "--max-errors", "1"]
+            app, ["burst", sim.url, "--model", "m", "--requests", "3", "--max-errors", "1"]
         )
         assert result.exit_code == 1
-        assert "404" in result.output
+        assert "3 failed requests, more than --max-errors 1" in result.output
 
 
 def test_smoke_command_exits_1_on_failure() -> None:
@@ -316,3 +318,92 @@ def test_smoke_command_exits_1_on_failure() -> None:
     assert not report.ok
     failed = {c.check for c in report.checks if c.ok is False}
     assert {"exact input", "max_model_len"} <= failed
+
+
+# -- a user's mistakes: one clear line and exit 1, before any load -------------------------------
+
+
+def test_output_files_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path) -> None:
+    # nothing listens at the URL: a refusal must come before the target is even asked
+    for option in ("--json", "--html"):
+        for bad in (tmp_path / "no" / "dir" / "x.out", tmp_path):
+            result = runner.invoke(app, ["burst", "http://127.0.0.1:9", option, str(bad)])
+            assert result.exit_code == 2, result.output
+            assert "Invalid value for" in result.output and option in result.output
+            assert "cannot reach" not in result.output
+
+
+def test_an_unknown_model_is_named_with_the_ones_served() -> None:
+    config = SimConfig(model="m", max_model_len=2048, max_num_seqs=2)
+    with SimServer(config).run_in_thread() as sim:
+        burst = runner.invoke(app, ["burst", sim.url, "--model", "nosuch", "--requests", "3"])
+        smoke = runner.invoke(app, ["smoke", sim.url, "--model", "nosuch"])
+    for result in (burst, smoke):
+        assert result.exit_code == 1, result.output
+        assert "unknown model 'nosuch'" in result.output and "serves: m" in result.output
+    assert "final status" not in burst.output
+
+
+def test_an_unknown_model_of_a_fleet_file_names_the_gateways_models() -> None:
+    with SimServer(SimConfig(model="m", max_model_len=2048, max_num_seqs=2)).run_in_thread() as sim:
+        result = runner.invoke(
+            app, ["burst", str(HOMELAB), "--url", sim.url, "--model", "llama3", "--requests", "2"]
+        )
+    assert result.exit_code == 1, result.output
+    assert "unknown model 'llama3'" in result.output and "serves: m" in result.output
+
+
+@pytest.mark.parametrize("command", ["smoke", "burst"])
+def test_a_missing_fleet_file_is_one_error_without_a_stray_exit_code(
+    command: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, [command, str(tmp_path / "nofile.yaml")])
+    assert result.exit_code == 1
+    assert "nofile.yaml" in result.output
+    assert "error: 1" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("where", "fault"),
+    [
+        (["http://127.0.0.1:9"], "connection_refused"),
+        ([str(HOMELAB), "--url", "http://127.0.0.1:9"], "connection_refused"),
+        (["http://no-such-host.invalid:80"], "dns_error"),
+    ],
+)
+@pytest.mark.parametrize("command", ["smoke", "burst"])
+def test_an_unreachable_gateway_is_one_line_naming_the_reason(
+    command: str, where: list[str], fault: str
+) -> None:
+    result = runner.invoke(app, [command, *where])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: cannot reach http://") and fault in lines[0]
+    assert "FAIL" not in result.output
+
+
+async def test_transport_faults_are_named_once_with_their_detail() -> None:
+    async with ApiClient("http://no-such-host.invalid", timeout_s=10) as api:
+        dns = await api.models()
+    async with ApiClient("http://127.0.0.1:9", timeout_s=10) as api:
+        refused = await api.models()
+    assert dns.transport_error == "dns_error" and dns.status == 0
+    assert refused.transport_error == "connection_refused"
+    for reply in (dns, refused):
+        assert reply.summary().count(reply.transport_error) == 1
+        assert reply.message and reply.message != reply.transport_error
+
+
+async def test_a_backend_that_cannot_count_says_why_once() -> None:
+    model = ModelUnderTest(
+        "m",
+        max_input_tokens=100,
+        max_output_tokens=10,
+        backends=(Backend("dep", "http://127.0.0.1:9", "m", 2048),),
+    )
+    # neither the gateway's /tokenize nor the backend's answers
+    report = await run_smoke(Target("http://127.0.0.1:9", None, [model]))
+    (exact,) = [c for c in report.checks if c.check == "exact input"]
+    assert "cannot count tokens: connection_refused (" in exact.got
+    assert exact.got.count("connection_refused") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -17,6 +18,8 @@ from fleetgate.probes import (
     BurstReport,
     SmokeReport,
     Target,
+    Unreachable,
+    confirm_served,
     run_burst,
     run_smoke,
     target_from_fleet,
@@ -29,15 +32,48 @@ KEY_HELP = "API key (default: $FLEETGATE_API_KEY, else the fleet file's first ke
 
 
 def resolve_target(where: str, api_key: str | None, url: str | None = None) -> Target:
-    """A URL is asked for its models; a fleet file gives them with their limits."""
+    """A URL is asked for its models; a fleet file gives them with their limits (and its
+    gateway is asked what it serves). Nothing answering is one error line and exit 1."""
+    loaded = (
+        None
+        if where.startswith(("http://", "https://"))
+        else load_or_exit(Path(where), strict_env=False)
+    )
     try:
-        if where.startswith(("http://", "https://")):
+        if loaded is None:
             return asyncio.run(target_from_url(where, api_key))
-        loaded = load_or_exit(Path(where), strict_env=False)
-        return target_from_fleet(loaded.fleet, url=url, api_key=api_key)
-    except (RuntimeError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        target = target_from_fleet(loaded.fleet, url=url, api_key=api_key)
+        return asyncio.run(confirm_served(target))
+    except (Unreachable, RuntimeError, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
+
+
+def exit_on_unknown(target: Target, names: list[str]) -> None:
+    """A model the target does not serve is the user's mistake: say which ones it does."""
+    unknown = target.unknown(names)
+    if unknown:
+        served = ", ".join(target.served or [m.name for m in target.models]) or "none"
+        err_console.print(
+            f"[red]error:[/] unknown model {', '.join(map(repr, unknown))}; "
+            f"{target.url} serves: {served}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+def writable_file(path: Path | None) -> Path | None:
+    """Refuse an output file that cannot be written before a long run, not after it."""
+    if path is None:
+        return None
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory")
+    if not parent.is_dir():
+        raise typer.BadParameter(f"{parent} is not a directory")
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise typer.BadParameter(f"{path} cannot be written (permission denied)")
+    return path
 
 
 def print_smoke(report: SmokeReport) -> None:
@@ -68,7 +104,14 @@ def smoke(
     planned one. Exit 1 on any failure.
     """
     tgt = resolve_target(target, api_key, url)
+    exit_on_unknown(tgt, model)
     report = asyncio.run(run_smoke(tgt, model or None))
+    if not report.checks:
+        err_console.print(
+            f"[red]error:[/] nothing to test among {', '.join(model)}: an alias (or a name "
+            "with the same limits as a listed one) is tested through the model it names"
+        )
+        raise typer.Exit(1)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -129,8 +172,12 @@ def burst(
     timeout: float = typer.Option(300.0, min=1, help="give up on one attempt after this many s"),
     no_retry: bool = typer.Option(False, "--no-retry", help="do not retry a 429"),
     max_errors: int | None = typer.Option(None, min=0, help="exit 1 with more failed requests"),
-    json_file: Path | None = typer.Option(None, "--json", help="write the raw numbers here"),
-    html_file: Path | None = typer.Option(None, "--html", help="write an HTML report here"),
+    json_file: Path | None = typer.Option(
+        None, "--json", callback=writable_file, help="write the raw numbers here"
+    ),
+    html_file: Path | None = typer.Option(
+        None, "--html", callback=writable_file, help="write an HTML report here"
+    ),
     seed: int = typer.Option(0, help="random seed for lengths and arrivals"),
 ) -> None:
     """Load test: many clients at once; latency percentiles, throughput, refusals by reason.
@@ -143,6 +190,7 @@ def burst(
         err_console.print("[red]error:[/] give --concurrency or --rate, not both")
         raise typer.Exit(2)
     tgt = resolve_target(target, api_key, url)
+    exit_on_unknown(tgt, [model] if model else [])
     name = model or next((m.name for m in tgt.models if m.kind == "route"), None)
     if name is None:
         err_console.print(f"[red]error:[/] {tgt.url} lists no model; give --model")
@@ -179,12 +227,16 @@ def burst(
 
         report = asyncio.run(run_burst(tgt.url, config, tgt.api_key, on_done=done))
     print_burst(report)
-    if json_file is not None:
-        json_file.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-        console.print(f"raw numbers: {json_file}")
-    if html_file is not None:
-        html_file.write_text(burst_html(report), encoding="utf-8")
-        console.print(f"report: {html_file}")
+    try:
+        if json_file is not None:
+            json_file.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+            console.print(f"raw numbers: {json_file}")
+        if html_file is not None:
+            html_file.write_text(burst_html(report), encoding="utf-8")
+            console.print(f"report: {html_file}")
+    except OSError as exc:  # checked up front; this is a disk that filled up meanwhile
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     if max_errors is not None and report.failed > max_errors:
         console.print(
             f"[red]{report.failed} failed requests, more than --max-errors {max_errors}[/]"

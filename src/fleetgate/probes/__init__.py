@@ -4,7 +4,14 @@ from fleetgate.probes.burst import BurstConfig, BurstReport, RequestResult, run_
 from fleetgate.probes.http import ApiClient, Reply
 from fleetgate.probes.prompts import PromptFitError, fit_prompt
 from fleetgate.probes.smoke import SmokeCheck, SmokeReport, run_smoke
-from fleetgate.probes.targets import ModelUnderTest, Target, target_from_fleet, target_from_url
+from fleetgate.probes.targets import (
+    ModelUnderTest,
+    Target,
+    Unreachable,
+    confirm_served,
+    target_from_fleet,
+    target_from_url,
+)
 
 __all__ = [
     "ApiClient",
@@ -17,6 +24,8 @@ __all__ = [
     "SmokeCheck",
     "SmokeReport",
     "Target",
+    "Unreachable",
+    "confirm_served",
     "fit_prompt",
     "run_burst",
     "run_smoke",

@@ -23,7 +23,8 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
-    transport_error: str | None = None
+    transport_error: str | None = None  # a short word: connection_refused, dns_error, timeout
+    transport_detail: str = ""  # what the OS or aiohttp said, for people
 
     @property
     def ok(self) -> bool:
@@ -50,7 +51,15 @@ class Reply:
 
     @property
     def message(self) -> str:
-        return str(self.error.get("message") or self.transport_error or "")
+        return str(self.error.get("message") or self.transport_detail or self.transport_error or "")
+
+    def summary(self) -> str:
+        """One line for a person: the fault and its detail, else the status and the message."""
+        if self.transport_error:
+            detail = self.transport_detail
+            return f"{self.transport_error} ({detail})" if detail else self.transport_error
+        text = self.message or (self.body if isinstance(self.body, str) else "")
+        return f"{self.status} {text[:160]}".strip()
 
     def retry_after(self) -> float | None:
         value = self.headers.get("Retry-After")
@@ -116,10 +125,8 @@ class ApiClient:
             ) as resp:
                 raw = await resp.read()
                 return Reply(resp.status, _decode(raw), dict(resp.headers), monotonic() - started)
-        except TimeoutError:
-            return Reply(0, None, {}, monotonic() - started, "timeout")
-        except aiohttp.ClientError as exc:
-            return Reply(0, None, {}, monotonic() - started, _fault(exc))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return _failed(exc, monotonic() - started)
 
     async def models(self) -> Reply:
         return await self.request("GET", "/v1/models")
@@ -144,16 +151,14 @@ class ApiClient:
             resp = await self.session.post(
                 self.base_url + "/v1/chat/completions", json=body, timeout=timeout
             )
-        except TimeoutError:
-            return Reply(0, None, {}, monotonic() - started, "timeout"), None
-        except aiohttp.ClientError as exc:
-            return Reply(0, None, {}, monotonic() - started, _fault(exc)), None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return _failed(exc, monotonic() - started), None
         reply = Reply(resp.status, None, dict(resp.headers), monotonic() - started)
         if resp.status != 200:
             try:
                 reply.body = _decode(await resp.read())
             except (aiohttp.ClientError, TimeoutError) as exc:
-                reply.transport_error = _fault(exc)
+                reply.transport_error, reply.transport_detail = _fault(exc), _detail(exc)
             finally:
                 resp.release()
             return reply, None
@@ -186,9 +191,32 @@ def _decode(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")
 
 
+def _failed(exc: BaseException, elapsed_s: float) -> Reply:
+    return Reply(0, None, {}, elapsed_s, _fault(exc), _detail(exc))
+
+
 def _fault(exc: BaseException) -> str:
+    """A short word for why no HTTP answer came, to count failures by."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns_error"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connection_refused"
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection_refused"
+        if isinstance(exc.os_error, TimeoutError):
+            return "connect_timeout"
+        return "connect_error"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return "disconnected"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid_url"
     return type(exc).__name__
+
+
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return str(exc.os_error.strerror or exc.os_error) if exc.os_error else str(exc)
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__

@@ -63,7 +63,7 @@ class TokenCounter:
             if not self.model.backends:
                 raise PromptFitError(
                     f"the gateway cannot count tokens for {self.model.name} "
-                    f"(POST /tokenize answered {reply.status or reply.transport_error}) and no "
+                    f"(POST /tokenize answered {reply.summary()}) and no "
                     "fleet file names its backend"
                 )
             self.source = "backend"
@@ -74,8 +74,7 @@ class TokenCounter:
         if reply.ok and isinstance(reply.body, dict) and "count" in reply.body:
             return self._take(reply)
         raise PromptFitError(
-            f"backend {backend.name} ({backend.url}) cannot count tokens: "
-            f"{reply.status or reply.transport_error} {reply.message}"
+            f"backend {backend.name} ({backend.url}) cannot count tokens: {reply.summary()}"
         )
 
     def _take(self, reply: Reply) -> int:
@@ -88,13 +87,6 @@ class TokenCounter:
 def _says_context_length(reply: Reply) -> bool:
     text = f"{reply.error.get('code')} {reply.message}".lower()
     return "context_length" in text or "context length" in text
-
-
-def _got(reply: Reply) -> str:
-    if reply.transport_error:
-        return reply.transport_error
-    detail = reply.message or ""
-    return f"{reply.status} {detail[:160]}".strip()
 
 
 async def _chat(api: ApiClient, model: str, messages: Messages, max_tokens: int) -> Reply:
@@ -133,7 +125,7 @@ async def smoke_model(api: ApiClient, model: ModelUnderTest) -> list[SmokeCheck]
                     "exact input",
                     reply.status == 200,
                     f"200 for {max_in} in + {max_out} out",
-                    _got(reply),
+                    reply.summary(),
                 )
             )
             reply = await _chat(api, name, over, max_out)
@@ -145,7 +137,7 @@ async def smoke_model(api: ApiClient, model: ModelUnderTest) -> list[SmokeCheck]
                     # a bare vLLM at exactly max_model_len complains about max_tokens (0 left)
                     and (_says_context_length(reply) or model.max_input_tokens is None),
                     f"4xx context length for {max_in + 1} in",
-                    _got(reply),
+                    reply.summary(),
                 )
             )
 
@@ -161,7 +153,7 @@ async def smoke_model(api: ApiClient, model: ModelUnderTest) -> list[SmokeCheck]
         else:
             ok = 400 <= reply.status < 500
             expected = f"4xx for max_tokens {out_limit + 1}"
-        checks.append(SmokeCheck(name, "max_tokens + 1", ok, expected, _got(reply)))
+        checks.append(SmokeCheck(name, "max_tokens + 1", ok, expected, reply.summary()))
 
     if counter.backend_max_model_len is None:
         with contextlib.suppress(PromptFitError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetgate.probes.http import ApiClient
+from fleetgate.probes.http import ApiClient, Reply
 from fleetgate.spec import Fleet, public_models
 
 
@@ -37,11 +37,22 @@ class ModelUnderTest:
     backends: tuple[Backend, ...] = ()
 
 
+class Unreachable(RuntimeError):
+    """Nothing answers HTTP at the target's URL (refused, no such host, timeout)."""
+
+
 @dataclass
 class Target:
     url: str
     api_key: str | None = None
     models: list[ModelUnderTest] = field(default_factory=list)
+    # every name a request may use (aliases and look-alike profiles too), as listed or planned
+    served: list[str] = field(default_factory=list)
+
+    def unknown(self, names: list[str]) -> list[str]:
+        """Those of ``names`` the target does not serve."""
+        known = set(self.served) | {m.name for m in self.models}
+        return [n for n in names if n not in known]
 
     def model(self, name: str) -> ModelUnderTest:
         for m in self.models:
@@ -103,16 +114,36 @@ def models_from_listing(body: Any) -> list[ModelUnderTest]:
     return out
 
 
-async def target_from_url(url: str, api_key: str | None = None) -> Target:
-    """Ask the gateway which models it serves; raises RuntimeError when it does not answer."""
+def _ids(body: Any) -> list[str]:
+    cards = body.get("data", []) if isinstance(body, dict) else []
+    return [c["id"] for c in cards if isinstance(c, dict) and isinstance(c.get("id"), str)]
+
+
+async def _listing(url: str, api_key: str | None) -> Reply:
     async with ApiClient(url, api_key, timeout_s=30) as api:
         reply = await api.models()
+    if reply.transport_error:
+        raise Unreachable(f"cannot reach {url}: {reply.summary()}")
+    return reply
+
+
+async def target_from_url(url: str, api_key: str | None = None) -> Target:
+    """Ask the gateway which models it serves; raises :class:`Unreachable` when nothing
+    answers, RuntimeError when it will not list its models."""
+    url = url.rstrip("/")
+    reply = await _listing(url, api_key)
     if not reply.ok:
-        raise RuntimeError(
-            f"GET {url}/v1/models answered {reply.status or reply.transport_error}: "
-            f"{reply.message or reply.body}"
-        )
-    return Target(url.rstrip("/"), api_key, models_from_listing(reply.body))
+        raise RuntimeError(f"GET {url}/v1/models answered {reply.summary()}")
+    return Target(url, api_key, models_from_listing(reply.body), _ids(reply.body))
+
+
+async def confirm_served(target: Target) -> Target:
+    """Ask the target (a fleet file's gateway) what it serves: ``served`` becomes its listing
+    when it gives one. Raises :class:`Unreachable` when nothing answers."""
+    reply = await _listing(target.url, target.api_key)
+    if reply.ok and _ids(reply.body):
+        target.served = _ids(reply.body)
+    return target
 
 
 def _url(address: str, port: int) -> str:
@@ -164,4 +195,5 @@ def target_from_fleet(fleet: Fleet, url: str | None = None, api_key: str | None 
                 backends=tuple(backends),
             )
         )
-    return Target((url or gateway_url(fleet)).rstrip("/"), api_key, models)
+    served = list(public_models(fleet))
+    return Target((url or gateway_url(fleet)).rstrip("/"), api_key, models, served)
