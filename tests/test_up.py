@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -13,10 +14,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from fleetgate.local import free_port, localize
+import pytest
+
+from fleetgate.cli.up import announce
+from fleetgate.local import free_port, local_fleet, localize
+from fleetgate.local.backends import vllm_problems
 from fleetgate.spec import load_fleet
 
 HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
+VLLM_PYTHON = os.environ.get(
+    "FLEETGATE_VLLM_PYTHON", str(Path.home() / ".cache/fleetgate/vllm-0.32.0/bin/python")
+)
 
 
 def test_localize_rewrites_a_copy_and_leaves_the_fleet_alone() -> None:
@@ -103,3 +111,87 @@ def test_up_serves_the_fleet_until_sigterm() -> None:
             assert isinstance(exc.reason, ConnectionRefusedError)
         else:
             raise AssertionError(f"port {p} still answers after SIGTERM")
+
+
+async def test_announce_shows_every_limit_and_cuts_no_name_when_piped(capsys) -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False, env={}).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=10) as running:
+        announce(running)
+    out = capsys.readouterr().out
+    assert "…" not in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
+    assert set(rows) == {
+        "llama31-8b-wintermute",
+        "llama31-8b-wintermute-burst",
+        "qwen2.5-7b-armitage",
+        "llama",
+        "qwen",
+    }
+    cells = [c.strip() for c in rows["qwen2.5-7b-armitage"].split("│")[1:-1]]
+    assert cells[3:] == ["8192", "7000", "768", "80k", "40", "1", "8/30s"]
+    assert "tpm" in out and "rpm" in out
+
+
+def _up(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from fleetgate.cli import main; sys.argv[0] = 'fleetgate'; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "up", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_up_refuses_a_port_out_of_range() -> None:
+    for port in ("99999", "-5"):
+        result = _up(str(HOMELAB), "--port", port)
+        assert result.returncode == 2, result.stderr
+        assert "Invalid value for '--port'" in result.stderr
+        assert "pydantic" not in result.stderr and "validation error" not in result.stderr
+
+
+def _process_fleet(tmp_path: Path, model_path: Path | None) -> Path:
+    path = tmp_path / "fleet.yaml"
+    where = f", model_path: {model_path}" if model_path else ""
+    path.write_text(
+        "version: 1\n"
+        "hosts: {box: {address: 127.0.0.1, transport: local, gpus: [RTX 3090]}}\n"
+        "deployments:\n"
+        "  a: {host: box, port: 8001, model: Qwen/Qwen2.5-0.5B-Instruct, max_model_len: 2048,"
+        f" runtime: process{where}}}\n"
+        "gateway: {host: box, port: 4000, routes: {a: {deployments: [a]}}}\n"
+    )
+    return path
+
+
+def test_up_vllm_says_which_python_lacks_vllm_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = load_fleet(_process_fleet(tmp_path, tmp_path), strict_env=False).fleet
+    monkeypatch.setenv("FLEETGATE_VLLM_PYTHON", str(tmp_path / "no-python"))
+    (problem,) = vllm_problems(fleet)
+    assert "cannot import vllm" in problem and "FLEETGATE_VLLM_PYTHON" in problem
+    monkeypatch.delenv("FLEETGATE_VLLM_PYTHON")
+    if importlib.util.find_spec("vllm") is None:
+        (problem,) = vllm_problems(fleet)
+        assert sys.executable in problem and "python:" in problem
+
+
+def test_up_vllm_checks_model_path_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETGATE_VLLM_PYTHON", sys.executable)
+    missing = load_fleet(_process_fleet(tmp_path, tmp_path / "gone"), strict_env=False).fleet
+    none = load_fleet(_process_fleet(tmp_path, None), strict_env=False).fleet
+    assert any("model_path" in p and "does not exist" in p for p in vllm_problems(missing))
+    assert any("needs model_path" in p for p in vllm_problems(none))
+    result = _up(str(tmp_path / "fleet.yaml"), "--backend", "vllm", "--port", "0")
+    assert result.returncode == 1
+    assert "needs model_path" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not Path(VLLM_PYTHON).exists(), reason="no vLLM venv on this machine")
+def test_a_python_with_vllm_passes_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETGATE_VLLM_PYTHON", VLLM_PYTHON)
+    fleet = load_fleet(_process_fleet(tmp_path, tmp_path), strict_env=False).fleet
+    assert vllm_problems(fleet) == []

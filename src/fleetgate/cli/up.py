@@ -8,6 +8,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from fleetgate.cli.app import app, console
@@ -21,11 +23,16 @@ class BackendKind(StrEnum):
     vllm = "vllm"
 
 
+def _per_minute(value: int | None) -> str:
+    return "–" if value is None else f"{value / 1000:g}k" if value >= 10_000 else str(value)
+
+
 def routes_table(running: RunningFleet) -> Table:
     """Each public name with its backends and the limits the gateway enforces."""
     table = Table(title=f"fleet {running.fleet.name} at {running.gateway_url}")
-    for col in ("model", "kind", "backend", "max_model_len", "input", "output", "conc", "queue"):
-        table.add_column(col, justify="left" if col in ("model", "kind", "backend") else "right")
+    for col in ("model", "kind", "backend", "ctx", "in", "out", "tpm", "rpm", "conc", "queue"):
+        left = col in ("model", "kind", "backend")
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
     for pm in public_models(running.fleet).values():
         backs = [running.backends[d] for d in pm.deployments]
         lim = pm.limits
@@ -36,14 +43,23 @@ def routes_table(running: RunningFleet) -> Table:
             str(min(b.max_model_len for b in backs)),
             str(lim.max_input_tokens or "–"),
             str(lim.max_output_tokens or "–"),
+            _per_minute(lim.tpm),
+            _per_minute(lim.rpm),
             str(lim.concurrency or "–"),
-            f"{lim.queue_depth} / {lim.queue_wait_s:g} s",
+            f"{lim.queue_depth}/{lim.queue_wait_s:g}s",
         )
+    table.caption = "ctx = max_model_len; in/out = tokens per request; tpm/rpm per minute"
     return table
 
 
 def announce(running: RunningFleet) -> None:
-    console.print(routes_table(running))
+    table = routes_table(running)
+    # a pipe or a log gets the whole table, never names cut at 80 columns
+    if console.is_terminal:
+        console.print(table)
+    else:
+        natural = Measurement.get(console, console.options.update(max_width=10_000), table)
+        Console(file=console.file, width=max(console.width, natural.maximum)).print(table)
     console.print(f"gateway: [bold]{running.gateway_url}[/]  (OpenAI API at /v1)")
     generated = running.local.generated_keys
     for name, key in generated.items():
@@ -59,7 +75,9 @@ def announce(running: RunningFleet) -> None:
 @app.command(rich_help_panel="Run")
 def up(
     fleet: Path = typer.Argument(..., help="the fleet file"),
-    port: int | None = typer.Option(None, help="gateway port (default: the fleet file's)"),
+    port: int | None = typer.Option(
+        None, min=0, max=65535, help="gateway port (default: the fleet file's; 0: a free one)"
+    ),
     backend: BackendKind = typer.Option(BackendKind.sim, help="sim, or real vllm processes"),
     speed: float = typer.Option(1.0, min=0.01, help="simulated GPU speed factor"),
 ) -> None:

@@ -63,6 +63,41 @@ def vllm_python(fleet: Fleet, name: str) -> str:
     )
 
 
+_HAS_VLLM = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+
+
+def vllm_problems(fleet: Fleet) -> list[str]:
+    """What would stop a real vLLM start, found before any process starts: a deployment
+    without model_path or with one that does not exist, a python that cannot import vllm."""
+    problems: list[str] = []
+    checked: dict[str, bool] = {}
+    for name, dep in fleet.deployments.items():
+        if dep.model_path is None:
+            problems.append(f"deployment {name}: --backend vllm needs model_path")
+        elif not Path(dep.model_path).expanduser().exists():
+            problems.append(f"deployment {name}: model_path {dep.model_path} does not exist")
+        python = vllm_python(fleet, name)
+        if python not in checked:
+            try:
+                found = subprocess.run([python, "-c", _HAS_VLLM], capture_output=True, timeout=60)
+                checked[python] = found.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                checked[python] = False
+        if not checked[python]:
+            where = (
+                "$FLEETGATE_VLLM_PYTHON"
+                if os.environ.get("FLEETGATE_VLLM_PYTHON")
+                else "the deployment's python:"
+                if dep.python
+                else "this python (neither $FLEETGATE_VLLM_PYTHON nor python: is set)"
+            )
+            problems.append(
+                f"deployment {name}: {python}, {where}, cannot import vllm; point "
+                "FLEETGATE_VLLM_PYTHON (or the deployment's python:) at a python that has vLLM"
+            )
+    return problems
+
+
 def vllm_argv(fleet: Fleet, name: str) -> list[str]:
     """The real vLLM OpenAI server for a deployment with a local model directory, with the
     flags the rendered launch scripts use (``fleetgate.render.vllm_command``), run as a process

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetgate.gateway import serve
-from fleetgate.local.backends import Backend, sim_backend, vllm_backend
+from fleetgate.local.backends import Backend, sim_backend, vllm_backend, vllm_problems
 from fleetgate.local.localize import LOOPBACK, LocalFleet, localize
 from fleetgate.spec import Fleet, FleetError, check_fleet
 
@@ -50,6 +50,8 @@ async def local_fleet(
         raise FleetError(None, errors)
     if backend not in ("sim", "vllm"):
         raise ValueError(f"backend must be sim or vllm, not {backend!r}")
+    if backend == "vllm" and (problems := vllm_problems(fleet)):
+        raise RuntimeError("cannot start vLLM:\n  " + "\n  ".join(problems))
     local = localize(fleet, gateway_port=gateway_port)
     async with contextlib.AsyncExitStack() as stack:
         backends: dict[str, Backend] = {}
