@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
 from fleetgate.local.acceptance import broken_change, burst_model, rollback_fleet
+from fleetgate.local.vllm_shim import SPEED_ENV, parse
 from fleetgate.sim import SimConfig, SimServer
 from fleetgate.spec import load_fleet
 
@@ -59,3 +61,17 @@ def test_check_fails_against_a_backend_that_enforces_no_route_limits() -> None:
     by_number = {c["number"]: c for c in report["criteria"]}
     assert by_number[1]["ok"] is False
     assert 4 not in by_number
+
+
+def test_the_rollback_host_runs_at_the_checks_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    tps = []
+    for speed, text in ((0.5, "0.5"), (40, "40")):
+        doc = rollback_fleet(fleet, tmp_path, "/bin/python", "/bin/fleetgate", speed=speed)
+        (dep,) = doc["deployments"].values()
+        assert dep["env"]["FLEETGATE_SIM_SPEED"] == text
+        monkeypatch.setenv(SPEED_ENV, dep["env"][SPEED_ENV])
+        tps.append(parse(["--model", "x", "--max-model-len", "4096"]).decode_tps)
+    assert tps[1] == 80 * tps[0]

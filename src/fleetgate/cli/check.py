@@ -47,7 +47,8 @@ def check(
     the smallest backend finish with at most 1 error; (3) over-limit requests get a 4xx, never
     a 5xx; (4) deploy through the deploy layer onto a local host, deploy a broken change, see
     the automatic rollback, and verify over HTTP that the previous limits are back. Without
-    --url the fleet runs here on simulated backends; criterion 4 always runs locally.
+    --url the fleet runs here on simulated backends; criterion 4 always runs locally, with
+    only the burst route's first deployment (not every route), at --speed.
     """
     loaded = load_or_exit(fleet, strict_env=False)
     with console.status("starting") as status, exit_on_failure(fleet):

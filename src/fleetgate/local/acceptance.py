@@ -6,7 +6,8 @@
    most one error.
 3. Over-limit requests (context, max_tokens, body size, unknown model, bad key, a full queue)
    get a 4xx, never a 5xx.
-4. Rollback: a release is deployed through the deploy layer onto a local host, a broken
+4. Rollback: a release (the burst route's first deployment only, not the whole fleet) is
+   deployed through the deploy layer onto a local host, a broken
    change (a max_model_len the KV cache cannot hold) fails its health gate and is rolled back
    by itself, and over HTTP the previous max_model_len and limits are back.
 
@@ -275,13 +276,18 @@ def _executable(path: Path, text: str) -> Path:
     return path
 
 
-def rollback_fleet(fleet: Fleet, workdir: Path, python: str, fleetgate_bin: str) -> dict[str, Any]:
+def rollback_fleet(
+    fleet: Fleet, workdir: Path, python: str, fleetgate_bin: str, *, speed: float = 10.0
+) -> dict[str, Any]:
     """A one-host fleet document: the burst route's first deployment, run by the simulator
-    behind the rendered process scripts, and the gateway beside it."""
+    (at ``speed``) behind the rendered process scripts, and the gateway beside it.
+
+    Only that deployment and its route: the other deployments are not redeployed here, so
+    criterion 4 verifies the rollback of one route's max_model_len and limits, not all."""
     pm = public_models(fleet)[burst_model(fleet)]
     dep_name = pm.deployments[0]
     dep = fleet.deployments[dep_name]
-    sim = sim_config_for(fleet, dep_name, speed=10)
+    sim = sim_config_for(fleet, dep_name, speed=speed)
     route = fleet.gateway.routes[pm.route] if fleet.gateway else None
     assert route is not None
     limits = {
@@ -316,7 +322,7 @@ def rollback_fleet(fleet: Fleet, workdir: Path, python: str, fleetgate_bin: str)
                     "FLEETGATE_SIM_KV_CACHE_TOKENS": str(
                         sim.kv_cache_tokens or sim.max_num_seqs * sim.max_model_len
                     ),
-                    "FLEETGATE_SIM_SPEED": "10",
+                    "FLEETGATE_SIM_SPEED": f"{speed:g}",
                 },
             }
         },
@@ -354,7 +360,9 @@ async def _wait_ready(url: str, timeout_s: float = 30) -> bool:
     return False
 
 
-def rollback_criterion_sync(fleet: Fleet, step: Step, base: Path) -> tuple[Criterion, Target]:
+def rollback_criterion_sync(
+    fleet: Fleet, step: Step, base: Path, speed: float = 10.0
+) -> tuple[Criterion, Target]:
     """Criterion 4 in ``base`` (blocking: the deploy layer is synchronous)."""
     bindir = base / "bin"
     bindir.mkdir()
@@ -373,7 +381,7 @@ def rollback_criterion_sync(fleet: Fleet, step: Step, base: Path) -> tuple[Crite
     workdir.mkdir()
     key = "fg-" + secrets.token_urlsafe(16)
     (workdir / "env").write_text(f"FLEETGATE_API_KEY={key}\nFLEETGATE_BIN={fg}\n")
-    good = rollback_fleet(fleet, workdir, str(shim), str(fg))
+    good = rollback_fleet(fleet, workdir, str(shim), str(fg), speed=speed)
     bad = broken_change(good)
     good_file, bad_file = base / "fleet.yaml", base / "fleet-broken.yaml"
     good_file.write_text(yaml.safe_dump(good, sort_keys=False))
@@ -424,7 +432,10 @@ def rollback_criterion_sync(fleet: Fleet, step: Step, base: Path) -> tuple[Crite
     rolled_back = (
         not second.ok and second.action == "rolled back" and state.current == first.release
     )
+    (dep_name,) = good["deployments"]
+    (route_name,) = good["gateway"]["routes"]
     detail = (
+        f"one local host with deployment {dep_name} (route {route_name} only): "
         f"deployed {first.release}; broken {second.release}: {second.action or 'failed'}; "
         f"host now on {state.current}"
     )
@@ -435,10 +446,12 @@ def rollback_criterion_sync(fleet: Fleet, step: Step, base: Path) -> tuple[Crite
     ), target
 
 
-async def rollback_criterion(fleet: Fleet, step: Step) -> Criterion:
+async def rollback_criterion(fleet: Fleet, step: Step, speed: float = 10.0) -> Criterion:
     with tempfile.TemporaryDirectory(prefix="fleetgate-check-") as tmp:
         base = Path(tmp)
-        criterion, target = await asyncio.to_thread(rollback_criterion_sync, fleet, step, base)
+        criterion, target = await asyncio.to_thread(
+            rollback_criterion_sync, fleet, step, base, speed
+        )
         try:
             if criterion.ok:
                 step("verifying the previous behaviour over HTTP")
@@ -510,5 +523,5 @@ async def run_acceptance(
         report.criteria.append(await over_limit_criterion(target, limits_fleet))
     if rollback:
         say("4: deploy, broken change, rollback")
-        report.criteria.append(await rollback_criterion(fleet, say))
+        report.criteria.append(await rollback_criterion(fleet, say, speed))
     return report
