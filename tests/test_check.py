@@ -26,12 +26,20 @@ def test_burst_model_is_the_burst_profile_of_the_concurrency_2_backend() -> None
 def test_the_broken_change_does_not_fit_the_kv_cache(tmp_path: Path) -> None:
     fleet = load_fleet(HOMELAB, strict_env=False).fleet
     good = rollback_fleet(fleet, tmp_path, "/bin/python", "/bin/fleetgate")
-    bad = broken_change(good)
-    (dep,) = bad["deployments"].values()
+    # the whole fleet: every deployment, route, profile and alias
+    assert set(good["deployments"]) == {"wintermute", "armitage"}
+    assert set(good["gateway"]["routes"]) == set(fleet.gateway.routes)  # type: ignore[union-attr]
+    assert good["gateway"]["aliases"] == {
+        "llama": "llama31-8b-wintermute",
+        "qwen": "qwen2.5-7b-armitage",
+    }
+    bad = broken_change(good, "wintermute")
+    dep = bad["deployments"]["wintermute"]
     kv = int(dep["env"]["FLEETGATE_SIM_KV_CACHE_TOKENS"])
     assert dep["max_model_len"] > kv
-    (good_dep,) = good["deployments"].values()
-    assert good_dep["max_model_len"] == 16384 <= kv
+    assert good["deployments"]["wintermute"]["max_model_len"] == 16384 <= kv
+    # the other deployment is left as it was
+    assert bad["deployments"]["armitage"] == good["deployments"]["armitage"]
 
 
 def test_check_passes_on_the_homelab_fleet() -> None:
@@ -47,6 +55,11 @@ def test_check_passes_on_the_homelab_fleet() -> None:
     # the backend's gate failed, so the gateway's was skipped and the rollback began at once
     assert "gateway: health gate skipped" in " ".join(rollback["second"]["messages"])
     assert report["criteria"][1]["data"]["failed"] <= 1
+    # after the rollback every route of the fleet passes its smoke test over HTTP again
+    smoke = rollback["smoke_after_rollback"]
+    assert smoke["ok"] is True
+    checked = {c["model"] for c in smoke["checks"]}
+    assert {"llama31-8b-wintermute", "qwen2.5-7b-armitage"} <= checked
 
 
 def test_check_fails_against_a_backend_that_enforces_no_route_limits() -> None:
@@ -70,7 +83,7 @@ def test_the_rollback_host_runs_at_the_checks_speed(
     tps = []
     for speed, text in ((0.5, "0.5"), (40, "40")):
         doc = rollback_fleet(fleet, tmp_path, "/bin/python", "/bin/fleetgate", speed=speed)
-        (dep,) = doc["deployments"].values()
+        dep = doc["deployments"]["wintermute"]
         assert dep["env"]["FLEETGATE_SIM_SPEED"] == text
         monkeypatch.setenv(SPEED_ENV, dep["env"][SPEED_ENV])
         tps.append(parse(["--model", "x", "--max-model-len", "4096"]).decode_tps)

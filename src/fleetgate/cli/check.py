@@ -47,8 +47,9 @@ def check(
     the smallest backend finish with at most 1 error; (3) over-limit requests get a 4xx, never
     a 5xx; (4) deploy through the deploy layer onto a local host, deploy a broken change, see
     the automatic rollback, and verify over HTTP that the previous limits are back. Without
-    --url the fleet runs here on simulated backends; criterion 4 always runs locally, with
-    only the burst route's first deployment (not every route), at --speed.
+    --url the fleet runs here on simulated backends; criterion 4 always runs locally: every
+    deployment and route of the fleet on one local host (simulated backends at --speed), with
+    the burst route's backend broken.
     """
     loaded = load_or_exit(fleet, strict_env=False)
     with console.status("starting") as status, exit_on_failure(fleet):

@@ -279,23 +279,30 @@ def _executable(path: Path, text: str) -> Path:
 def rollback_fleet(
     fleet: Fleet, workdir: Path, python: str, fleetgate_bin: str, *, speed: float = 10.0
 ) -> dict[str, Any]:
-    """A one-host fleet document: the burst route's first deployment, run by the simulator
-    (at ``speed``) behind the rendered process scripts, and the gateway beside it.
-
-    Only that deployment and its route: the other deployments are not redeployed here, so
-    criterion 4 verifies the rollback of one route's max_model_len and limits, not all."""
-    pm = public_models(fleet)[burst_model(fleet)]
-    dep_name = pm.deployments[0]
-    dep = fleet.deployments[dep_name]
-    sim = sim_config_for(fleet, dep_name, speed=speed)
-    route = fleet.gateway.routes[pm.route] if fleet.gateway else None
-    assert route is not None
-    limits = {
-        k: v
-        for k, v in route.model_dump(exclude={"deployments", "profiles"}).items()
-        if v is not None
-    }
-    gpus = [g.model_dump(exclude_none=True) for g in fleet.hosts[dep.host].gpus]
+    """The whole fleet as one local host's fleet document: every deployment run by the
+    simulator (at ``speed``, with its planned KV capacity) behind the rendered process
+    scripts, and the gateway beside them with every route, profile and alias."""
+    assert fleet.gateway is not None
+    deployments = {}
+    for name, dep in fleet.deployments.items():
+        sim = sim_config_for(fleet, name, speed=speed)
+        deployments[name] = {
+            "host": "node",
+            "port": free_port(),
+            "model": dep.model,
+            "served_model_name": dep.public_name(name),
+            "max_model_len": sim.max_model_len,
+            "max_num_seqs": sim.max_num_seqs,
+            "runtime": "process",
+            "python": python,
+            "env": {
+                "FLEETGATE_SIM_KV_CACHE_TOKENS": str(
+                    sim.kv_cache_tokens or sim.max_num_seqs * sim.max_model_len
+                ),
+                "FLEETGATE_SIM_SPEED": f"{speed:g}",
+            },
+        }
+    gpus = [g.model_dump(exclude_none=True) for h in fleet.hosts.values() for g in h.gpus][:1]
     return {
         "version": 1,
         "name": f"{fleet.name}-rollback-check",
@@ -308,43 +315,33 @@ def rollback_fleet(
                 "gpus": gpus,
             }
         },
-        "deployments": {
-            dep_name: {
-                "host": "node",
-                "port": free_port(),
-                "model": dep.model,
-                "served_model_name": dep.public_name(dep_name),
-                "max_model_len": sim.max_model_len,
-                "max_num_seqs": sim.max_num_seqs,
-                "runtime": "process",
-                "python": python,
-                "env": {
-                    "FLEETGATE_SIM_KV_CACHE_TOKENS": str(
-                        sim.kv_cache_tokens or sim.max_num_seqs * sim.max_model_len
-                    ),
-                    "FLEETGATE_SIM_SPEED": f"{speed:g}",
-                },
-            }
-        },
+        "deployments": deployments,
         "gateway": {
             "host": "node",
             "listen": "127.0.0.1",
             "port": free_port(),
             "api_keys": [{"name": "check", "key": "${FLEETGATE_API_KEY}"}],
             "health": {"interval_s": 1.0, "timeout_s": 1.0, "unhealthy_after": 1},
-            "routes": {pm.route: {**limits, "deployments": [dep_name]}},
+            "defaults": fleet.gateway.defaults.model_dump(exclude_none=True),
+            "routes": {
+                name: route.model_dump(exclude_none=True)
+                for name, route in fleet.gateway.routes.items()
+            },
+            "aliases": dict(fleet.gateway.aliases),
         },
     }
 
 
-def broken_change(doc: dict[str, Any]) -> dict[str, Any]:
-    """Raise the context past what the KV cache holds, and the route's input limit with it."""
+def broken_change(doc: dict[str, Any], deployment: str) -> dict[str, Any]:
+    """Raise one deployment's context past what its KV cache holds, and the input limit of
+    the routes on it with it: vLLM (here its stand-in) refuses to start."""
     broken = json.loads(json.dumps(doc))
-    (dep,) = broken["deployments"].values()
+    dep = broken["deployments"][deployment]
     kv = int(dep["env"]["FLEETGATE_SIM_KV_CACHE_TOKENS"])
     dep["max_model_len"] = kv + 1024
-    (route,) = broken["gateway"]["routes"].values()
-    route["max_input_tokens"] = kv + 1024 - route.get("max_output_tokens", 1024)
+    for route in broken["gateway"]["routes"].values():
+        if deployment in route["deployments"]:
+            route["max_input_tokens"] = kv + 1024 - route.get("max_output_tokens", 1024)
     return broken
 
 
@@ -382,7 +379,8 @@ def rollback_criterion_sync(
     key = "fg-" + secrets.token_urlsafe(16)
     (workdir / "env").write_text(f"FLEETGATE_API_KEY={key}\nFLEETGATE_BIN={fg}\n")
     good = rollback_fleet(fleet, workdir, str(shim), str(fg), speed=speed)
-    bad = broken_change(good)
+    broken_dep = public_models(fleet)[burst_model(fleet)].deployments[0]
+    bad = broken_change(good, broken_dep)
     good_file, bad_file = base / "fleet.yaml", base / "fleet-broken.yaml"
     good_file.write_text(yaml.safe_dump(good, sort_keys=False))
     bad_file.write_text(yaml.safe_dump(bad, sort_keys=False))
@@ -432,11 +430,10 @@ def rollback_criterion_sync(
     rolled_back = (
         not second.ok and second.action == "rolled back" and state.current == first.release
     )
-    (dep_name,) = good["deployments"]
-    (route_name,) = good["gateway"]["routes"]
     detail = (
-        f"one local host with deployment {dep_name} (route {route_name} only): "
-        f"deployed {first.release}; broken {second.release}: {second.action or 'failed'}; "
+        f"the fleet's {len(good['deployments'])} deployments and "
+        f"{len(good['gateway']['routes'])} routes on one local host: deployed {first.release}; "
+        f"broken {broken_dep} in {second.release}: {second.action or 'failed'}; "
         f"host now on {state.current}"
     )
     if "maximum model length" in second.log_tail:
