@@ -6,10 +6,10 @@
    most one error.
 3. Over-limit requests (context, max_tokens, body size, unknown model, bad key, a full queue)
    get a 4xx, never a 5xx.
-4. Rollback: a release (the burst route's first deployment only, not the whole fleet) is
-   deployed through the deploy layer onto a local host, a broken
-   change (a max_model_len the KV cache cannot hold) fails its health gate and is rolled back
-   by itself, and over HTTP the previous max_model_len and limits are back.
+4. Rollback: the whole fleet (every deployment, route, profile and alias) is deployed through
+   the deploy layer onto one local host, a broken change (the burst route's first deployment
+   given a max_model_len its KV cache cannot hold) fails its health gate and is rolled back by
+   itself, and over HTTP the previous max_model_len and limits are back on every route.
 
 Criteria 1-3 speak HTTP to a gateway (one brought up locally, or ``url``); criterion 4 runs in
 a temporary directory with the simulator standing in for vLLM behind the rendered scripts.
