@@ -47,9 +47,6 @@ class LocalFleet:
         gw = self.fleet.gateway
         return gw.api_keys[0].key if gw is not None and gw.api_keys else None
 
-    def backend_url(self, deployment: str) -> str:
-        return f"http://{LOOPBACK}:{self.ports[deployment]}"
-
 
 def localize(
     fleet: Fleet, *, gateway_port: int | None = None, ports: dict[str, int] | None = None
