@@ -25,7 +25,7 @@ def test_burst_model_is_the_burst_profile_of_the_concurrency_2_backend() -> None
 
 def test_the_broken_change_does_not_fit_the_kv_cache(tmp_path: Path) -> None:
     fleet = load_fleet(HOMELAB, strict_env=False).fleet
-    good = rollback_fleet(fleet, tmp_path, "/bin/python", "/bin/fleetgate")
+    good = rollback_fleet(fleet, tmp_path, "/bin/python")
     # the whole fleet: every deployment, route, profile and alias
     assert set(good["deployments"]) == {"wintermute", "armitage"}
     assert set(good["gateway"]["routes"]) == set(fleet.gateway.routes)  # type: ignore[union-attr]
@@ -82,7 +82,7 @@ def test_the_rollback_host_runs_at_the_checks_speed(
     fleet = load_fleet(HOMELAB, strict_env=False).fleet
     tps = []
     for speed, text in ((0.5, "0.5"), (40, "40")):
-        doc = rollback_fleet(fleet, tmp_path, "/bin/python", "/bin/fleetgate", speed=speed)
+        doc = rollback_fleet(fleet, tmp_path, "/bin/python", speed=speed)
         dep = doc["deployments"]["wintermute"]
         assert dep["env"]["FLEETGATE_SIM_SPEED"] == text
         monkeypatch.setenv(SPEED_ENV, dep["env"][SPEED_ENV])

@@ -277,7 +277,7 @@ def _executable(path: Path, text: str) -> Path:
 
 
 def rollback_fleet(
-    fleet: Fleet, workdir: Path, python: str, fleetgate_bin: str, *, speed: float = 10.0
+    fleet: Fleet, workdir: Path, python: str, *, speed: float = 10.0
 ) -> dict[str, Any]:
     """The whole fleet as one local host's fleet document: every deployment run by the
     simulator (at ``speed``, with its planned KV capacity) behind the rendered process
@@ -378,7 +378,7 @@ def rollback_criterion_sync(
     workdir.mkdir()
     key = "fg-" + secrets.token_urlsafe(16)
     (workdir / "env").write_text(f"FLEETGATE_API_KEY={key}\nFLEETGATE_BIN={fg}\n")
-    good = rollback_fleet(fleet, workdir, str(shim), str(fg), speed=speed)
+    good = rollback_fleet(fleet, workdir, str(shim), speed=speed)
     broken_dep = public_models(fleet)[burst_model(fleet)].deployments[0]
     bad = broken_change(good, broken_dep)
     good_file, bad_file = base / "fleet.yaml", base / "fleet-broken.yaml"
