@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, admin_disabled, unauthorized
@@ -25,16 +26,6 @@ from fleetgate.spec import Fleet
 log = logging.getLogger("fleetgate.gateway")
 
 GATEWAY = web.AppKey("gateway", Gateway)
-_ROUTES = {
-    "/v1/chat/completions": ("POST",),
-    "/v1/completions": ("POST",),
-    "/v1/models": ("GET",),
-    "/tokenize": ("POST",),
-    "/health/live": ("GET",),
-    "/health/ready": ("GET",),
-    "/metrics": ("GET",),
-    "/admin/reload": ("POST",),
-}
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -122,7 +113,7 @@ async def admin_reload(request: web.Request) -> web.Response:
 
 async def fallback(request: web.Request) -> web.Response:
     """Unknown paths and methods get OpenAI-style errors too."""
-    allowed = _ROUTES.get(request.path)
+    allowed = _METHODS.get(request.path)
     if allowed is not None:
         return GatewayError(
             405,
@@ -132,6 +123,20 @@ async def fallback(request: web.Request) -> web.Response:
     return GatewayError(
         404, f"no such endpoint: {request.path[:200]}", reason="not_found"
     ).response()
+
+
+# Every endpoint once: the router is built from this table, and the fallback's 405 reads it.
+_ENDPOINTS: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/v1/chat/completions", chat_completions),
+    ("POST", "/v1/completions", text_completions),
+    ("GET", "/v1/models", list_models),
+    ("POST", "/tokenize", tokenize_prompt),
+    ("GET", "/health/live", live),
+    ("GET", "/health/ready", ready),
+    ("GET", "/metrics", metrics),
+    ("POST", "/admin/reload", admin_reload),
+)
+_METHODS = {path: (method,) for method, path, _ in _ENDPOINTS}
 
 
 def create_app(
@@ -146,14 +151,8 @@ def create_app(
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
     app = web.Application(client_max_size=0)
     app[GATEWAY] = gateway
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", text_completions)
-    app.router.add_get("/v1/models", list_models, allow_head=False)
-    app.router.add_post("/tokenize", tokenize_prompt)
-    app.router.add_get("/health/live", live, allow_head=False)
-    app.router.add_get("/health/ready", ready, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_post("/admin/reload", admin_reload)
+    for method, path, handler in _ENDPOINTS:
+        app.router.add_route(method, path, handler)
     app.router.add_route("*", "/{tail:.*}", fallback)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
