@@ -42,7 +42,7 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
     return await completions(request, request.app[GATEWAY], "completion", "/v1/completions")
 
 
-async def tokenize_prompt(request: web.Request) -> web.Response:
+async def tokenize_prompt(request: web.Request) -> web.StreamResponse:
     return await tokenize(request, request.app[GATEWAY])
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
@@ -220,13 +220,30 @@ def _usage_total(usage: object) -> tuple[int, int] | None:
     return None
 
 
+async def _recorded(
+    gw: Gateway, endpoint: str, handle: Callable[[_Record], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Run one request's handling so that every outcome (an answer, a refusal, a client gone)
+    ends in one metrics update and one access-log line."""
+    started = perf_counter()
+    rec = _Record(endpoint)
+    try:
+        return await handle(rec)
+    except GatewayError as exc:
+        rec.status, rec.reason = exc.status, exc.reason
+        return exc.response()
+    except (asyncio.CancelledError, ConnectionError):
+        rec.status, rec.reason = 499, "client_disconnected"
+        raise
+    finally:
+        _finish(gw, rec, started)
+
+
 async def completions(
     request: web.Request, gw: Gateway, kind: str, path: str
 ) -> web.StreamResponse:
-    started = perf_counter()
-    rec = _Record("chat" if kind == "chat" else "completions")  # the endpoint, as /metrics says
-    config = gw.config
-    try:
+    async def handle(rec: _Record) -> web.StreamResponse:
+        config = gw.config
         key = authenticate(config, request)
         rec.key = key.name if key else None
         raw = await read_body(request, config.max_body_bytes)
@@ -238,23 +255,17 @@ async def completions(
         quota = Quota(model.lane, model.rpm, model.tpm)
         await gw.limiter.reserve(quota, admitted.reserved)
         return await _forward(request, gw, model, req, admitted, path, rec, quota)
-    except GatewayError as exc:
-        rec.status, rec.reason = exc.status, exc.reason
-        return exc.response()
-    except (asyncio.CancelledError, ConnectionError):
-        rec.status, rec.reason = 499, "client_disconnected"
-        raise
-    finally:
-        _finish(gw, rec, started)
+
+    # the endpoint label, as /metrics says it
+    return await _recorded(gw, "chat" if kind == "chat" else "completions", handle)
 
 
-async def tokenize(request: web.Request, gw: Gateway) -> web.Response:
+async def tokenize(request: web.Request, gw: Gateway) -> web.StreamResponse:
     """The backend's own token count (and max_model_len) for a prompt under a public name, so
     a client can build a prompt of an exact length: the smoke probe does."""
-    started = perf_counter()
-    rec = _Record("tokenize")
-    config = gw.config
-    try:
+
+    async def handle(rec: _Record) -> web.StreamResponse:
+        config = gw.config
         key = authenticate(config, request)
         rec.key = key.name if key else None
         raw = await read_body(request, config.max_body_bytes)
@@ -263,14 +274,8 @@ async def tokenize(request: web.Request, gw: Gateway) -> web.Response:
         answer = await gw.upstream.tokenize(model.deployments, payload)
         rec.deployment, rec.tokens_in, rec.status = answer.deployment, answer.count, 200
         return web.Response(body=json.dumps(answer.body).encode(), content_type=_JSON_TYPE)
-    except GatewayError as exc:
-        rec.status, rec.reason = exc.status, exc.reason
-        return exc.response()
-    except (asyncio.CancelledError, ConnectionError):
-        rec.status, rec.reason = 499, "client_disconnected"
-        raise
-    finally:
-        _finish(gw, rec, started)
+
+    return await _recorded(gw, "tokenize", handle)
 
 
 def _resolve(gw: Gateway, key: KeyConfig | None, name: str, rec: _Record) -> ModelConfig:
