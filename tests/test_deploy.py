@@ -30,8 +30,8 @@ from fleetgate.deploy import (
     host_ops,
     probe,
 )
+from fleetgate.fleetfile import load_fleet
 from fleetgate.render import render_host, source_of
-from fleetgate.spec import load_fleet
 
 STAND_IN = r"""
 import argparse, json, os, sys, time

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from tests.support.gateway import eventually, make_fleet, sim_fleet
 
+from fleetgate.fleetfile import check_fleet, load_fleet
 from fleetgate.gateway import RunningGateway, serve
 from fleetgate.sim import SimConfig, SimServer
-from fleetgate.spec import check_fleet, load_fleet
 
 KEY = "sk-test-owner-0001"
 LIMITED_KEY = "sk-test-other-0002"

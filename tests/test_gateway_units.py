@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetgate.fleetfile import load_fleet
 from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import MAX_RETRY_AFTER_S, Admission
 from fleetgate.gateway.config import GatewayConfig, hash_key
@@ -18,7 +19,6 @@ from fleetgate.gateway.errors import GatewayError, too_large
 from fleetgate.gateway.parse import parse_request
 from fleetgate.gateway.ratelimit import MemoryRateLimiter, Quota, RedisRateLimiter
 from fleetgate.gateway.tokens import NFKC_MAX_BYTE_GROWTH, text_token_bound
-from fleetgate.spec import load_fleet
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
 

@@ -292,8 +292,8 @@ def test_awq_keeps_embeddings_at_16_bits() -> None:
 def test_reference_fleet_fits_with_fp8_and_states_the_fp16_cost() -> None:
     from pathlib import Path
 
+    from fleetgate.fleetfile import load_fleet
     from fleetgate.plan import plan_fleet
-    from fleetgate.spec import load_fleet
 
     fleet = load_fleet(
         Path(__file__).parent.parent / "examples/homelab/fleet.yaml", strict_env=False
@@ -353,7 +353,7 @@ def test_tensor_parallel_buffers_need_peer_to_peer() -> None:
     # H100s keep ~2 GiB per GPU for NCCL and the custom all-reduce (llm-d-planner v0.19).
     from dataclasses import replace
 
-    from fleetgate.spec import lookup_gpu
+    from fleetgate.fleetfile import lookup_gpu
 
     case = replace(CASES[-1].plan_input(), vllm_version=(0, 19))
     geforce = plan_deployment(replace(case, gpu_p2p=False))

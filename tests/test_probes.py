@@ -12,6 +12,7 @@ from tests.support.gateway import make_fleet, sim_fleet
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
+from fleetgate.fleetfile import load_fleet, parse_fleet
 from fleetgate.gateway import serve
 from fleetgate.local import local_fleet
 from fleetgate.probes import (
@@ -28,7 +29,6 @@ from fleetgate.probes.html import burst_html
 from fleetgate.probes.stats import percentile, summarize
 from fleetgate.probes.targets import Backend, ModelUnderTest, Target
 from fleetgate.sim import SimConfig, SimServer
-from fleetgate.spec import load_fleet, parse_fleet
 
 HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
 runner = CliRunner()

@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
+from fleetgate.fleetfile import load_fleet, parse_fleet
 from fleetgate.render import (
     RenderError,
     render_host,
@@ -26,7 +27,6 @@ from fleetgate.render import (
     vllm_command,
     words,
 )
-from fleetgate.spec import load_fleet, parse_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "homelab"

@@ -14,8 +14,8 @@ import aiohttp
 import openai
 import pytest
 
+from fleetgate.local.speed import gpu_like_speed
 from fleetgate.sim import SimConfig, SimServer, SimTokenizer
-from fleetgate.sim.speed import gpu_like_speed
 
 FAST = {"prefill_tps": 1e6, "decode_tps": 2000.0}
 

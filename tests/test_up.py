@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from fleetgate.cli.up import announce
+from fleetgate.fleetfile import load_fleet
 from fleetgate.local import free_port, local_fleet, localize
 from fleetgate.local.backends import vllm_problems
-from fleetgate.spec import load_fleet
 
 HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
 VLLM_PYTHON = os.environ.get(

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from tests.support.tiny_model import vllm_python
 
+from fleetgate.fleetfile import Fleet
 from fleetgate.local import local_fleet
-from fleetgate.spec import Fleet
 
 pytestmark = pytest.mark.vllm
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleetgate.spec import Fleet
+from fleetgate.fleetfile import Fleet
 
 
 def sim_fleet(

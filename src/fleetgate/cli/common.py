@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from fleetgate.cli.app import err_console
-from fleetgate.spec import FleetError, LoadedFleet, Problem, check_fleet, load_fleet
+from fleetgate.fleetfile import FleetError, LoadedFleet, Problem, check_fleet, load_fleet
 
 
 def print_problems(problems: list[Problem], file: str | None) -> None:

@@ -12,9 +12,9 @@ from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
+from fleetgate.fleetfile import FleetError, lookup_gpu
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan import DeploymentPlan, PlanInput, memory_bar, plan_deployment, plan_input
-from fleetgate.spec import FleetError, lookup_gpu
 
 
 class KvDtype(StrEnum):

@@ -9,7 +9,7 @@ import typer
 
 from fleetgate.cli.app import app, err_console
 from fleetgate.cli.common import load_or_exit, print_problems
-from fleetgate.spec import Fleet, FleetError, Problem, check_fleet, load_fleet
+from fleetgate.fleetfile import Fleet, FleetError, Problem, check_fleet, load_fleet
 
 
 def _checked(path: Path) -> Fleet:

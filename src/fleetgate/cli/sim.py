@@ -10,7 +10,8 @@ import typer
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.sim import Faults, SimConfig, SimServer, sim_config_for
+from fleetgate.local.simconfig import sim_config_for
+from fleetgate.sim import Faults, SimConfig, SimServer
 
 
 @app.command(rich_help_panel="Run")

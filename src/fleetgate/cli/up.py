@@ -14,8 +14,8 @@ from rich.table import Table
 
 from fleetgate.cli.app import app, console
 from fleetgate.cli.common import exit_on_failure, load_or_exit
+from fleetgate.fleetfile import public_models
 from fleetgate.local import RunningFleet, local_fleet
-from fleetgate.spec import public_models
 
 
 class BackendKind(StrEnum):

@@ -8,8 +8,8 @@ import typer
 
 from fleetgate.cli.app import app, console
 from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.fleetfile import check_fleet
 from fleetgate.plan import plan_problems
-from fleetgate.spec import check_fleet
 
 
 @app.command(rich_help_panel="Plan")

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetgate.spec import Host
+from fleetgate.fleetfile import Host
 
 
 class TransportError(RuntimeError):

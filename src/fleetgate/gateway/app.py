@@ -16,12 +16,12 @@ from typing import TextIO
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from fleetgate.fleetfile import Fleet
 from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, admin_disabled, unauthorized
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import authenticate, completions, tokenize
 from fleetgate.gateway.state import FleetLoader, Gateway, ReloadError
-from fleetgate.spec import Fleet
 
 log = logging.getLogger("fleetgate.gateway")
 

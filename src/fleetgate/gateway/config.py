@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from fleetgate.spec import Fleet, public_models
+from fleetgate.fleetfile import Fleet, public_models
 
 # A deployment that states neither a route concurrency nor max_num_seqs: vLLM's own default
 # batch size, so the gateway does not become the bottleneck by accident.
@@ -91,7 +91,7 @@ class GatewayConfig:
 
     @classmethod
     def from_fleet(cls, fleet: Fleet) -> GatewayConfig:
-        """Build from a fleet that passed :func:`fleetgate.spec.check_fleet`."""
+        """Build from a fleet that passed :func:`fleetgate.fleetfile.crosscheck_fleet`."""
         gw = fleet.gateway
         if gw is None:
             raise ValueError("the fleet file has no gateway section")

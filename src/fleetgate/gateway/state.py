@@ -11,13 +11,13 @@ import logging
 from collections.abc import Callable
 from typing import TextIO
 
+from fleetgate.fleetfile import Fleet
 from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import RateLimiter, make_rate_limiter
 from fleetgate.gateway.upstream import Upstream
-from fleetgate.spec import Fleet
 
 log = logging.getLogger("fleetgate.gateway")
 

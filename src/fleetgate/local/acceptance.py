@@ -34,8 +34,10 @@ import aiohttp
 import yaml
 
 from fleetgate.deploy import HostDeployer, LocalTransport, host_ops
-from fleetgate.local.fleet import local_fleet
+from fleetgate.fleetfile import Fleet, load_fleet, public_models
 from fleetgate.local.localize import free_port
+from fleetgate.local.simconfig import sim_config_for
+from fleetgate.local.up import local_fleet
 from fleetgate.probes import (
     ApiClient,
     BurstConfig,
@@ -45,8 +47,6 @@ from fleetgate.probes import (
     target_from_fleet,
 )
 from fleetgate.render import render_host, source_of
-from fleetgate.sim import sim_config_for
-from fleetgate.spec import Fleet, load_fleet, public_models
 
 Step = Callable[[str], None]
 # the simulator answers within seconds; this bounds a good release that never comes up

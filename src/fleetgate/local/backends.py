@@ -1,7 +1,7 @@
 """The backends of a local fleet: one simulator (or one real vLLM process) per deployment.
 
-A simulated deployment is configured by :func:`fleetgate.sim.sim_config_for` (its settings,
-the planner's KV capacity, a GPU-like speed scaled by ``speed``).
+A simulated deployment is configured by :func:`fleetgate.local.simconfig.sim_config_for` (its
+settings, the planner's KV capacity, a GPU-like speed scaled by ``speed``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import aiohttp
 
+from fleetgate.fleetfile import Fleet
+from fleetgate.local.simconfig import sim_config_for
 from fleetgate.render import vllm_command
-from fleetgate.sim import SimServer, sim_config_for
-from fleetgate.spec import Fleet
+from fleetgate.sim import SimServer
 
 
 @dataclass(frozen=True)

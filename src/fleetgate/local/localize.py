@@ -12,7 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
-from fleetgate.spec import Fleet
+from fleetgate.fleetfile import Fleet
 
 LOOPBACK = "127.0.0.1"
 

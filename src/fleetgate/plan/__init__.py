@@ -1,7 +1,7 @@
 """The GPU memory planner: will a deployment fit, and what is the largest context that does."""
 
 from fleetgate.plan.display import memory_bar
-from fleetgate.plan.fleet import plan_fleet, plan_input, plan_problems
+from fleetgate.plan.fleetplan import plan_fleet, plan_input, plan_problems
 from fleetgate.plan.memory import (
     BLOCK_SIZE,
     DeploymentPlan,

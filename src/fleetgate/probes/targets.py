@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetgate.fleetfile import Fleet, public_models
 from fleetgate.probes.http import ApiClient, Reply
-from fleetgate.spec import Fleet, public_models
 
 
 @dataclass(frozen=True)

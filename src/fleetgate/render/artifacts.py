@@ -19,10 +19,10 @@ from typing import Any
 import jinja2
 import yaml
 
+from fleetgate.fleetfile import Fleet, Host, LoadedFleet
+from fleetgate.fleetfile.load import interpolate
 from fleetgate.render import words
 from fleetgate.render.vllm import CONTAINER_MODEL_DIR, VllmCommand, vllm_command
-from fleetgate.spec import Fleet, Host, LoadedFleet
-from fleetgate.spec.load import interpolate
 
 DEFAULT_WORKDIR = "~/fleetgate"
 DEFAULT_FLEETGATE_BIN = "/usr/local/bin/fleetgate"  # where systemd units expect fleetgate

@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from fleetgate.fleetfile import Fleet, PublicModel, public_models
 from fleetgate.render import words
 from fleetgate.render.artifacts import Source, gateway_hash
-from fleetgate.spec import Fleet, PublicModel, public_models
 
 # Limits a LiteLLM entry carries besides max_parallel_requests.
 _EXPORTED = ("rpm", "tpm", "max_input_tokens", "max_output_tokens")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleetgate.spec import Fleet
+from fleetgate.fleetfile import Fleet
 
 # Quantizations vLLM reads from the checkpoint itself; passing ``-q awq`` would force the slow
 # kernel instead of Marlin, so only online methods are passed on.

@@ -7,7 +7,6 @@ an unbounded waiting queue, KV cache in 16-token blocks.
 
 from fleetgate.sim.config import BLOCK_SIZE, Faults, SimConfig
 from fleetgate.sim.engine import EngineStats
-from fleetgate.sim.fleet import sim_config_for
 from fleetgate.sim.server import SimServer
 from fleetgate.sim.tokenizer import SimTokenizer
 
@@ -18,5 +17,4 @@ __all__ = [
     "SimConfig",
     "SimServer",
     "SimTokenizer",
-    "sim_config_for",
 ]

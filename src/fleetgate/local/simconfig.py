@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from fleetgate.fleetfile import Fleet
+from fleetgate.local.speed import gpu_like_speed
 from fleetgate.models import UnknownModelError
 from fleetgate.plan import plan_deployment, plan_input
 from fleetgate.sim.config import SimConfig
-from fleetgate.sim.speed import gpu_like_speed
-from fleetgate.spec import Fleet
 
 # Without a plan (unknown model, no GPU listed): the size of a 7-8B 4-bit model.
 _DEFAULT_WEIGHTS_GIB = 5.0

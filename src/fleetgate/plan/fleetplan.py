@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from fleetgate.fleetfile import Fleet, Problem
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan.memory import DeploymentPlan, PlanInput, parse_vllm_version, plan_deployment
-from fleetgate.spec import Fleet, Problem
 
 
 def plan_input(fleet: Fleet, name: str) -> PlanInput:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleetgate.spec.gpus import Architecture, GpuModel, lookup_gpu
+from fleetgate.fleetfile.gpus import Architecture, GpuModel, lookup_gpu
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 Quantization = Literal["none", "awq", "gptq", "int8", "fp8", "bitsandbytes"]

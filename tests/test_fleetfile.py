@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.spec import FleetError, Gpu, load_fleet, parse_fleet
+from fleetgate.fleetfile import FleetError, Gpu, load_fleet, parse_fleet
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "homelab" / "fleet.yaml"
 EXAMPLE_BEFORE = EXAMPLE.with_name("fleet.before.yaml")

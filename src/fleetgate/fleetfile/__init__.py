@@ -1,10 +1,10 @@
 """The fleet file: schema, loading, cross checks and public model names."""
 
-from fleetgate.spec.check import check_fleet
-from fleetgate.spec.gpus import GPU_CATALOG, GpuModel, lookup_gpu
-from fleetgate.spec.load import FleetError, LoadedFleet, Problem, load_fleet, parse_fleet
-from fleetgate.spec.routes import PublicModel, public_models, resolve_alias, route_limits
-from fleetgate.spec.schema import (
+from fleetgate.fleetfile.crosscheck import check_fleet
+from fleetgate.fleetfile.gpus import GPU_CATALOG, GpuModel, lookup_gpu
+from fleetgate.fleetfile.load import FleetError, LoadedFleet, Problem, load_fleet, parse_fleet
+from fleetgate.fleetfile.routes import PublicModel, public_models, resolve_alias, route_limits
+from fleetgate.fleetfile.schema import (
     ApiKey,
     Deployment,
     Fleet,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleetgate.spec.schema import Fleet, Limits
+from fleetgate.fleetfile.schema import Fleet, Limits
 
 _LIMIT_FIELDS = tuple(Limits.model_fields)
 

@@ -1,4 +1,4 @@
-"""Cross checks of a fleet (spec/check.py) and the public names and limits (spec/routes.py)."""
+"""Cross checks of a fleet (fleetfile/crosscheck.py) and its public names and limits (routes.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleetgate.spec import Fleet, check_fleet, public_models, resolve_alias, route_limits
+from fleetgate.fleetfile import Fleet, check_fleet, public_models, resolve_alias, route_limits
 
 BASE: dict[str, Any] = {
     "hosts": {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from fleetgate.spec.gpus import FP8_KV_ARCHITECTURES
-from fleetgate.spec.load import Problem
-from fleetgate.spec.routes import resolve_alias, route_limits
-from fleetgate.spec.schema import Fleet
+from fleetgate.fleetfile.gpus import FP8_KV_ARCHITECTURES
+from fleetgate.fleetfile.load import Problem
+from fleetgate.fleetfile.routes import resolve_alias, route_limits
+from fleetgate.fleetfile.schema import Fleet
 
 # vLLM refuses to start when free memory is below total x util; a Windows desktop's display
 # and compositor usually hold 0.3-1.5 GiB, so leave at least this much outside vLLM's share.

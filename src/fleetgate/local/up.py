@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetgate.fleetfile import Fleet, FleetError, check_fleet
 from fleetgate.gateway import serve
 from fleetgate.local.backends import Backend, sim_backend, vllm_backend, vllm_problems
 from fleetgate.local.localize import LOOPBACK, LocalFleet, localize
-from fleetgate.spec import Fleet, FleetError, check_fleet
 
 
 @dataclass(frozen=True)

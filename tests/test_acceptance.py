@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
+from fleetgate.fleetfile import load_fleet
 from fleetgate.local.acceptance import broken_change, burst_model, rollback_fleet
 from fleetgate.local.vllm_shim import SPEED_ENV, parse
 from fleetgate.sim import SimConfig, SimServer
-from fleetgate.spec import load_fleet
 
 HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
 runner = CliRunner()
