@@ -25,7 +25,7 @@ import yaml
 
 from fleetgate.fleetfile import Fleet, PublicModel, public_models
 from fleetgate.render import words
-from fleetgate.render.artifacts import Source, gateway_hash
+from fleetgate.render.source import Source, gateway_hash, header
 
 # Limits a LiteLLM entry carries besides max_parallel_requests.
 _EXPORTED = ("rpm", "tpm", "max_input_tokens", "max_output_tokens")
@@ -166,9 +166,7 @@ def render_litellm(source: Source) -> str:
     if master:
         config["general_settings"] = {"master_key": master}
     head = (
-        f"# Rendered by fleetgate from {source.fleet_file} (LiteLLM proxy config); "
-        f"settings sha256:{gateway_hash(source)}.\n"
-        "# Do not edit: change the fleet file and render again.\n"
+        header(source, "LiteLLM proxy config", gateway_hash(source)) + "\n"
         "# LiteLLM caps max_parallel_requests per model_list entry and cannot share one slot\n"
         "# pool between a route and its profiles: a profile with the route's limits is a\n"
         "# model_group_alias of it (same entries, same slots); one with limits of its own gets\n"

@@ -1,0 +1,68 @@
+"""The gateway's files on its host: its config (the fleet file itself), script and unit."""
+
+from __future__ import annotations
+
+from fleetgate.render import words
+from fleetgate.render.scripts import (
+    STOP_TIMEOUT_S,
+    template,
+    unit_workdir,
+    workdir_of,
+    yaml_text,
+)
+from fleetgate.render.source import Source, gateway_hash, header
+
+DEFAULT_FLEETGATE_BIN = "/usr/local/bin/fleetgate"  # where systemd units expect fleetgate
+GATEWAY_DIR = "gateway"  # the gateway's directory inside a release
+GATEWAY_SCRIPT = "start-gateway.sh"
+
+
+def gateway_files(source: Source) -> dict[str, str]:
+    """The gateway's config (the fleet file itself, references intact) and how to run it."""
+    fleet = source.fleet
+    assert fleet.gateway is not None
+    gw = fleet.gateway
+    host = fleet.hosts[gw.host]
+    digest = gateway_hash(source)
+    head = header(source, "gateway", digest)
+    workdir = workdir_of(fleet, gw.host)
+    serve = ["serve", "{config}", "--host", gw.listen, "--port", str(gw.port)]
+    fleetgate_bin = host.fleetgate_bin or "fleetgate"  # the script: the ssh PATH's by default
+    config_here = '"$(cd "$(dirname "$SELF")" && pwd -P)/fleet.yaml"'
+    script = template(
+        "process.sh.j2",
+        header=head,
+        what="the fleetgate gateway",
+        script=GATEWAY_SCRIPT,
+        name="gateway",
+        state_dir=words.sh_path(workdir),
+        state_dir_text=workdir,
+        env=[],
+        argv=[f'"${{FLEETGATE_BIN:-{fleetgate_bin}}}"']
+        + [config_here if a == "{config}" else words.sh(a) for a in serve],
+        stop_timeout_s=STOP_TIMEOUT_S,
+    )
+    unit_dir, paths_note = unit_workdir(host)
+    config_path = words.systemd(unit_dir + f"/current/{GATEWAY_DIR}/fleet.yaml")
+    unit_bin = host.fleetgate_bin or DEFAULT_FLEETGATE_BIN
+    bin_note = (
+        f"# Runs fleetgate from {unit_bin}"
+        + ("" if host.fleetgate_bin else " (set `fleetgate_bin:` for this host to change it)")
+        + "."
+    )
+    unit = template(
+        "gateway.service.j2",
+        header=head + "\n" + paths_note + "\n" + bin_note,
+        fleet=fleet.name,
+        user=host.ssh.user,
+        env_file=words.systemd(unit_dir + "/env"),
+        exec_start=" ".join(
+            [words.systemd(unit_bin)]
+            + [config_path if a == "{config}" else words.systemd(a) for a in serve]
+        ),
+    )
+    return {
+        "fleet.yaml": head + "\n" + yaml_text(source.raw),
+        GATEWAY_SCRIPT: script,
+        "fleetgate-gateway.service": unit,
+    }

@@ -1,0 +1,214 @@
+"""Launch scripts and units: the shared machinery, and each vLLM deployment's files.
+
+Every value from the fleet file reaches a script through the quoting of that script's dialect
+(``words``); the templates only place already-quoted words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import PurePosixPath
+from typing import Any
+
+import jinja2
+import yaml
+
+from fleetgate.fleetfile import Fleet, Host
+from fleetgate.render import words
+from fleetgate.render.source import Source, deployment_hash, header
+from fleetgate.render.vllm import CONTAINER_MODEL_DIR, VllmCommand, vllm_command
+
+DEFAULT_WORKDIR = "~/fleetgate"
+STOP_TIMEOUT_S = 30
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fleetgate.render", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def template(template: str, **context: Any) -> str:
+    """One of the package's Jinja templates, rendered strictly (a missing value is an error)."""
+    return _templates().get_template(template).render(**context)
+
+
+def yaml_text(data: object) -> str:
+    """YAML in the order given, block style: how every rendered YAML file is written."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+
+
+def workdir_of(fleet: Fleet, host: str) -> str:
+    """Where releases live on a host (``~/`` is the ssh user's home)."""
+    return fleet.hosts[host].workdir or DEFAULT_WORKDIR
+
+
+def unit_workdir(host: Host) -> tuple[str, str]:
+    """The workdir as an absolute path for a system unit, and a header line saying where from.
+
+    A system unit's ``%h`` is the service manager's home (/root) even with ``User=``, so ``~`` is
+    resolved here: to the ssh user's conventional home (the unit runs as that user, or as root
+    when the fleet file names no user).
+    """
+    workdir = host.workdir or DEFAULT_WORKDIR
+    if workdir.startswith("/"):
+        return workdir, f"# Paths are under the host's workdir {workdir} (from the fleet file)."
+    user = host.ssh.user
+    home = "/root" if user in (None, "root") else f"/home/{user}"
+    relative = workdir[1:].lstrip("/") if workdir.startswith("~") else workdir
+    path = str(PurePosixPath(home, relative))
+    who = f"ssh user {user}" if user else "root (no ssh user is named: the unit runs as root)"
+    return path, (
+        f"# Paths assume {home} as the home of {who};\n"
+        "# an absolute `workdir:` for this host in the fleet file overrides it."
+    )
+
+
+def _paired(args: list[str], quote: Callable[[str], str], sep: str = " ") -> list[str]:
+    """Quoted words, one line per flag with its value, for readable scripts."""
+    lines: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word.startswith("-") and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            lines.append(quote(word) + sep + quote(args[i + 1]))
+            i += 2
+        else:
+            lines.append(quote(word))
+            i += 1
+    return lines
+
+
+@dataclass(frozen=True)
+class _Shell:
+    """One launch-script language: its template and how it quotes words, paths and options."""
+
+    template: str
+    script: str
+    word: Callable[[str], str]
+    path: Callable[[str], str]
+    sep: str  # between a flag and its value on one line of an argument list
+    option: Callable[[str, str], str]  # one docker option (flag, value) as a list item
+
+
+_BASH = _Shell(
+    "docker.sh.j2",
+    "start-vllm.sh",
+    words.sh,
+    words.sh_path,
+    " ",
+    lambda flag, value: f"{flag} {words.sh(value)}",
+)
+_POWERSHELL = _Shell(
+    "docker.ps1.j2",
+    "Start-VLLM.ps1",
+    words.ps,
+    words.ps_path,
+    ", ",
+    lambda flag, value: f"@('{flag}', {words.ps(value)})",
+)
+
+
+def launch_script(os: str) -> str:
+    """The file name of a deployment's launch script on a host of this OS."""
+    return (_POWERSHELL if os == "windows" else _BASH).script
+
+
+def vllm_files(source: Source, name: str) -> dict[str, str]:
+    """The launch artifacts of one deployment, keyed by file name."""
+    fleet = source.fleet
+    dep = fleet.deployments[name]
+    host = fleet.hosts[dep.host]
+    command = vllm_command(fleet, name)
+    digest = deployment_hash(source, name)
+    head = header(source, f"deployment {name}", digest)
+    workdir = workdir_of(fleet, dep.host)
+    files = {
+        "vllm-args.txt": head + "\n" + "\n".join(command.serve_args()) + "\n",
+    }
+    if dep.runtime == "process":
+        python = dep.python or "python3"
+        argv = [python, "-m", "vllm.entrypoints.openai.api_server", *command.api_server_args()]
+        files[_BASH.script] = template(
+            "process.sh.j2",
+            header=head,
+            what=f"vLLM deployment {name}",
+            script=_BASH.script,
+            name=words.sh(f"vllm-{name}"),
+            state_dir=words.sh_path(workdir),
+            state_dir_text=workdir,
+            env=[(k, words.sh(v)) for k, v in command.env],
+            argv=_paired(argv, words.sh),
+            stop_timeout_s=STOP_TIMEOUT_S,
+        )
+        literal_env = [(k, v) for k, v in command.env if not words.env_refs(v)]
+        unit_dir, paths_note = unit_workdir(host)
+        files["vllm.service"] = template(
+            "vllm.service.j2",
+            header=head + "\n" + paths_note,
+            name=name,
+            served=dep.public_name(name),
+            user=host.ssh.user,
+            env_file=words.systemd(unit_dir + "/env"),
+            environment=[words.systemd(f"{k}={v}") for k, v in literal_env],
+            exec_start=" ".join(words.systemd(a) for a in argv),
+            stop_timeout_s=STOP_TIMEOUT_S,
+        )
+        return files
+
+    container = f"fleetgate-{name}"
+    hf_cache = dep.hf_cache or "~/.cache/huggingface"
+    mount = f"{dep.model_path}:{CONTAINER_MODEL_DIR}/{name}:ro" if dep.model_path else None
+    docker_options = [("-e", f"{k}={v}") for k, v in command.env]
+    if mount:
+        docker_options.append(("-v", mount))
+    for shell in (_BASH, _POWERSHELL):
+        files[shell.script] = template(
+            shell.template,
+            header=head,
+            script=shell.script,
+            name=name,
+            name_word=shell.word(name),
+            container_word=shell.word(container),
+            image=dep.image,
+            image_word=shell.word(dep.image),
+            state_dir=shell.path(workdir),
+            state_dir_text=workdir,
+            hf_cache=shell.path(hf_cache),
+            port=dep.port,
+            args=_paired(command.serve_args(), shell.word, shell.sep),
+            docker_options=[shell.option(flag, value) for flag, value in docker_options],
+        )
+    files["compose.yaml"] = head + "\n" + _compose(name, dep.image, command, hf_cache, mount)
+    return files
+
+
+def _compose(name: str, image: str, command: VllmCommand, hf_cache: str, mount: str | None) -> str:
+    dep_port = command.flags[command.flags.index("--port") + 1]
+    volumes = [f"{hf_cache}:/root/.cache/huggingface"]
+    if mount:
+        volumes.append(mount)
+    service = {
+        "image": image,
+        "container_name": f"fleetgate-{name}",
+        "restart": "unless-stopped",
+        "ipc": "host",
+        "ports": [f"{dep_port}:{dep_port}"],
+        "volumes": [words.compose(v) for v in volumes],
+        "environment": ["HF_TOKEN", *(words.compose(f"{k}={v}") for k, v in command.env)],
+        "command": [words.compose(a) for a in command.serve_args()],
+        "deploy": {
+            "resources": {
+                "reservations": {
+                    "devices": [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+                }
+            }
+        },
+    }
+    return yaml_text({"services": {f"vllm-{name}": service}})
