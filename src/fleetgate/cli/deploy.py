@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from fleetgate.deploy import (
     probe,
     transport_for,
 )
-from fleetgate.render import MANIFEST, RenderError, Source, render_host, source_of
+from fleetgate.render import RenderError, Source, host_manifest, render_host, source_of
 
 SSH_CONFIG = typer.Option(None, "--ssh-config", help="an ssh_config file for ssh -F")
 BACKUPS = typer.Option(
@@ -64,7 +63,7 @@ def _deployer(
     step: Callable[[str], None] | None = None,
 ) -> HostDeployer:
     h = source.fleet.hosts[host]
-    workdir = json.loads(render_host(source, host)[MANIFEST])["workdir"]
+    workdir = host_manifest(source, host).workdir
     ops = host_ops(transport_for(h, ssh_config=ssh_config), h.os, workdir)
     return HostDeployer(
         host,
@@ -260,9 +259,9 @@ def health(fleet: Path = typer.Argument(..., help="the fleet file")) -> None:
     """Probe every vLLM server and the gateway once, as the deploy health gate does."""
     source = _source(fleet)
     targets = [
-        GateTarget.from_manifest(unit)
+        GateTarget.from_unit(unit)
         for host in _hosts(source, [])
-        for unit in json.loads(render_host(source, host)[MANIFEST])["units"]
+        for unit in host_manifest(source, host).units
     ]
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
         results = list(pool.map(probe, targets))

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fleetgate.render.manifest import GatewayUnit, Unit
+
 
 @dataclass(frozen=True)
 class GateTarget:
@@ -27,14 +29,10 @@ class GateTarget:
     max_model_len: int | None = None
 
     @classmethod
-    def from_manifest(cls, unit: dict[str, Any]) -> GateTarget:
-        return cls(
-            name=unit["name"],
-            kind=unit["kind"],
-            url=unit["url"],
-            served_model_name=unit.get("served_model_name"),
-            max_model_len=unit.get("max_model_len"),
-        )
+    def from_unit(cls, unit: Unit) -> GateTarget:
+        if isinstance(unit, GatewayUnit):
+            return cls(name=unit.name, kind=unit.kind, url=unit.url)
+        return cls(unit.name, unit.kind, unit.url, unit.served_model_name, unit.max_model_len)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from fleetgate.deploy.gate import GateResult, GateTarget, wait_healthy
 from fleetgate.deploy.hostops import RELEASE_META, HostError, HostOps, HostState
 from fleetgate.deploy.transport import TransportError
+from fleetgate.render.manifest import Manifest, ManifestError, Unit
 
-MANIFEST = "manifest.json"
 LOG_LINES = 20
 LOG_SCAN_LINES = 400
 _EXCEPTION = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
@@ -52,15 +51,22 @@ def release_name(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
 
 
-def _units(files: dict[str, bytes]) -> list[dict[str, Any]]:
-    if MANIFEST not in files:
-        return []
-    return json.loads(files[MANIFEST])["units"]
+def _manifest(files: dict[str, bytes]) -> Manifest | None:
+    try:
+        return Manifest.of_release(files)
+    except ManifestError as exc:
+        raise HostError(str(exc)) from None
+
+
+def _units(files: dict[str, bytes]) -> list[Unit]:
+    """A release's units in manifest order; none for a release without a manifest."""
+    manifest = _manifest(files)
+    return manifest.units if manifest else []
 
 
 def diff_releases(old: dict[str, bytes], new: dict[str, bytes]) -> str:
     """A unified diff of two releases' files (release.json, which only names them, left out)."""
-    chunks = []
+    chunks: list[str] = []
     for path in sorted(set(old) | set(new)):
         if path == RELEASE_META:
             continue
@@ -80,9 +86,7 @@ def diff_releases(old: dict[str, bytes], new: dict[str, bytes]) -> str:
 
 def release_summary(files: dict[str, bytes]) -> list[str]:
     """What a release would install: its units, then its files with their sizes."""
-    lines = [
-        f"would run {u['name']} ({u['kind']}, {u['runtime']}) at {u['url']}" for u in _units(files)
-    ]
+    lines = [f"would run {u.name} ({u.kind}, {u.runtime}) at {u.url}" for u in _units(files)]
     lines.append(f"would install {len(files)} files:")
     lines += [f"  {path} ({len(data)} bytes)" for path, data in sorted(files.items())]
     return lines
@@ -253,7 +257,9 @@ class HostDeployer:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "previous": state.current,
         }
-        meta.update({k: json.loads(new[MANIFEST]).get(k) for k in ("fleet", "settings_sha256")})
+        manifest = _manifest(new)
+        meta["fleet"] = manifest.fleet if manifest else None
+        meta["settings_sha256"] = manifest.settings_sha256 if manifest else None
         new[RELEASE_META] = (json.dumps(meta, sort_keys=True) + "\n").encode()
         self.step(f"uploading release {name}")
         self.ops.upload(name, new)
@@ -268,7 +274,7 @@ class HostDeployer:
         report.action = "rolled back" if state.current else "failed"
         self.ops.mark_failed(name, "; ".join(report.messages))
         for unit in _units(new):
-            self.ops.unit(name, unit["script"], "stop")
+            self.ops.unit(name, unit.script, "stop")
         if state.current is None:
             report.messages.append("no earlier release to roll back to")
             return
@@ -282,24 +288,22 @@ class HostDeployer:
         )
         report.messages.extend(rollback.messages)
 
-    def _units_of(self, release: str | None) -> list[dict[str, Any]]:
+    def _units_of(self, release: str | None) -> list[Unit]:
         if release is None:
             return []
         return _units(self.ops.fetch(release))
 
-    def _switch(self, old: str | None, old_units: list[dict[str, Any]], new: str) -> None:
+    def _switch(self, old: str | None, old_units: list[Unit], new: str) -> None:
         for unit in old_units:
-            self.step(f"stopping {unit['name']} ({old})")
+            self.step(f"stopping {unit.name} ({old})")
             assert old is not None
-            result = self.ops.unit(old, unit["script"], "stop")
+            result = self.ops.unit(old, unit.script, "stop")
             if result.rc != 0:
-                raise HostError(f"stopping {unit['name']} failed: {result.error}")
+                raise HostError(f"stopping {unit.name} failed: {result.error}")
         self.step(f"switching to release {new}")
         self.ops.activate(new)
 
-    def _start_and_gate(
-        self, release: str, units: list[dict[str, Any]], report: HostReport
-    ) -> bool:
+    def _start_and_gate(self, release: str, units: list[Unit], report: HostReport) -> bool:
         """Start every unit, then gate them in manifest order (servers before the gateway).
 
         The first failure ends the gating: the release is going to be rolled back anyway, and
@@ -308,33 +312,33 @@ class HostDeployer:
         """
         failed: str | None = None
         for unit in units:
-            self.step(f"starting {unit['name']}")
-            started = self.ops.unit(release, unit["script"], "start")
+            self.step(f"starting {unit.name}")
+            started = self.ops.unit(release, unit.script, "start")
             if started.rc != 0:
-                report.messages.append(f"{unit['name']}: start failed: {started.error}")
-                failed = failed or unit["name"]
+                report.messages.append(f"{unit.name}: start failed: {started.error}")
+                failed = failed or unit.name
                 self._add_logs(release, unit, report)
         for unit in units:
             if failed is not None:
-                if unit["name"] != failed:
-                    report.messages.append(f"{unit['name']}: health gate skipped ({failed} failed)")
+                if unit.name != failed:
+                    report.messages.append(f"{unit.name}: health gate skipped ({failed} failed)")
                 continue
-            self.step(f"health gate: {unit['name']}")
+            self.step(f"health gate: {unit.name}")
             result = self._gate(release, unit)
-            report.messages.append(f"{unit['name']} ({release}): {result.detail}")
+            report.messages.append(f"{unit.name} ({release}): {result.detail}")
             if not result.ok:
-                failed = unit["name"]
+                failed = unit.name
                 self._add_logs(release, unit, report)
         return failed is None
 
-    def _add_logs(self, release: str, unit: dict[str, Any], report: HostReport) -> None:
-        logs = self.ops.unit(release, unit["script"], "logs", str(LOG_SCAN_LINES))
-        report.log_tail += log_excerpt(unit["name"], logs.text)
+    def _add_logs(self, release: str, unit: Unit, report: HostReport) -> None:
+        logs = self.ops.unit(release, unit.script, "logs", str(LOG_SCAN_LINES))
+        report.log_tail += log_excerpt(unit.name, logs.text)
 
-    def _gate(self, release: str, unit: dict[str, Any]) -> GateResult:
+    def _gate(self, release: str, unit: Unit) -> GateResult:
         def alive() -> bool:
-            return self.ops.unit(release, unit["script"], "status", timeout=60).rc == 0
+            return self.ops.unit(release, unit.script, "status", timeout=60).rc == 0
 
         return wait_healthy(
-            GateTarget.from_manifest(unit), timeout_s=self.gate_timeout_s, alive=alive, poll_s=3
+            GateTarget.from_unit(unit), timeout_s=self.gate_timeout_s, alive=alive, poll_s=3
         )
