@@ -20,7 +20,13 @@ from typer.testing import CliRunner
 from fleetgate.cli import app
 from fleetgate.fleetfile import load_fleet, parse_fleet
 from fleetgate.render import (
+    MANIFEST,
+    GatewayUnit,
+    Manifest,
+    ManifestError,
     RenderError,
+    VllmUnit,
+    host_manifest,
     render_host,
     render_litellm,
     source_of,
@@ -114,6 +120,37 @@ def test_a_changed_setting_changes_only_its_deployments_hash(
         render_host(source, "wintermute")["wintermute/start-vllm.sh"]
         == (before["wintermute/wintermute/start-vllm.sh"])
     )
+
+
+def test_the_manifest_reads_back_as_the_model_that_wrote_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    source = source_of(load_fleet(FLEET, strict_env=False))
+    for host in source.fleet.hosts:
+        text = render_host(source, host)[MANIFEST]
+        manifest = Manifest.parse(text)
+        assert manifest == host_manifest(source, host)
+        assert manifest.text() == text
+    wintermute = host_manifest(source, "wintermute")
+    (unit,) = wintermute.units
+    assert isinstance(unit, VllmUnit)
+    assert (unit.script, unit.max_model_len) == ("wintermute/Start-VLLM.ps1", 16384)
+    (gateway,) = host_manifest(source, "motoko").units
+    assert isinstance(gateway, GatewayUnit)
+    assert gateway.script == "gateway/start-gateway.sh"
+    assert Manifest.of_release({"tiny/start-vllm.sh": b""}) is None
+
+
+def test_an_unreadable_manifest_says_so() -> None:
+    with pytest.raises(
+        ManifestError, match=r"manifest.json cannot be read: workdir: Field required.*units"
+    ):
+        Manifest.parse('{"fleet": "f", "fleet_file": "f", "host": "h", "os": "linux"}')
+    with pytest.raises(
+        ManifestError, match=r"manifest.json cannot be read: the file: Invalid JSON"
+    ):
+        Manifest.parse(b"{not json")
 
 
 def test_literal_secret_is_refused() -> None:

@@ -76,7 +76,11 @@ class Manifest(_Record):
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
-            raise ManifestError(f"{MANIFEST} cannot be read: {exc}") from None
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'the file'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ManifestError(f"{MANIFEST} cannot be read: {problems}") from None
 
     @classmethod
     def of_release(cls, files: Mapping[str, bytes]) -> Manifest | None:
