@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
 from fleetgate.fleetfile import load_fleet
 from fleetgate.local.acceptance import broken_change, burst_model, rollback_fleet
-from fleetgate.local.vllm_shim import SPEED_ENV, parse
+from fleetgate.local.vllm_shim import KV_ENV, SPEED_ENV, parse
 from fleetgate.sim import SimConfig, SimServer
 
 HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
@@ -26,20 +27,39 @@ def test_burst_model_is_the_burst_profile_of_the_concurrency_2_backend() -> None
 def test_the_broken_change_does_not_fit_the_kv_cache(tmp_path: Path) -> None:
     fleet = load_fleet(HOMELAB, strict_env=False).fleet
     good = rollback_fleet(fleet, tmp_path, "/bin/python")
+    assert good.gateway is not None and fleet.gateway is not None
     # the whole fleet: every deployment, route, profile and alias
-    assert set(good["deployments"]) == {"wintermute", "armitage"}
-    assert set(good["gateway"]["routes"]) == set(fleet.gateway.routes)  # type: ignore[union-attr]
-    assert good["gateway"]["aliases"] == {
+    assert set(good.deployments) == {"wintermute", "armitage"}
+    assert good.gateway.routes == fleet.gateway.routes
+    assert good.gateway.aliases == {
         "llama": "llama31-8b-wintermute",
         "qwen": "qwen2.5-7b-armitage",
     }
     bad = broken_change(good, "wintermute")
-    dep = bad["deployments"]["wintermute"]
-    kv = int(dep["env"]["FLEETGATE_SIM_KV_CACHE_TOKENS"])
-    assert dep["max_model_len"] > kv
-    assert good["deployments"]["wintermute"]["max_model_len"] == 16384 <= kv
-    # the other deployment is left as it was
-    assert bad["deployments"]["armitage"] == good["deployments"]["armitage"]
+    dep = bad.deployments["wintermute"]
+    kv = int(dep.env[KV_ENV])
+    assert dep.max_model_len is not None and dep.max_model_len > kv
+    assert good.deployments["wintermute"].max_model_len == 16384 <= kv
+    # the routes on it take the longer context; the other deployment is left as it was
+    assert bad.gateway is not None
+    for name, route in bad.gateway.routes.items():
+        if "wintermute" in route.deployments:
+            assert route.max_input_tokens == dep.max_model_len - (route.max_output_tokens or 1024)
+        else:
+            assert route == good.gateway.routes[name]
+    assert bad.deployments["armitage"] == good.deployments["armitage"]
+
+
+def test_the_rollback_fleet_is_a_fleet_file_that_loads_back(tmp_path: Path) -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    good = rollback_fleet(fleet, tmp_path, "/bin/python")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(good.model_dump(mode="json", exclude_none=True)))
+    loaded = load_fleet(path, strict_env=False)
+    assert loaded.fleet == good
+    assert loaded.raw["gateway"]["api_keys"] == [
+        {"name": "check", "key": "${FLEETGATE_API_KEY}", "routes": ["*"]}
+    ]
 
 
 def test_check_passes_on_the_homelab_fleet() -> None:
@@ -83,8 +103,8 @@ def test_the_rollback_host_runs_at_the_checks_speed(
     tps = []
     for speed, text in ((0.5, "0.5"), (40, "40")):
         doc = rollback_fleet(fleet, tmp_path, "/bin/python", speed=speed)
-        dep = doc["deployments"]["wintermute"]
-        assert dep["env"]["FLEETGATE_SIM_SPEED"] == text
-        monkeypatch.setenv(SPEED_ENV, dep["env"][SPEED_ENV])
+        dep = doc.deployments["wintermute"]
+        assert dep.env[SPEED_ENV] == text
+        monkeypatch.setenv(SPEED_ENV, dep.env[SPEED_ENV])
         tps.append(parse(["--model", "x", "--max-model-len", "4096"]).decode_tps)
     assert tps[1] == 80 * tps[0]

@@ -136,7 +136,7 @@ def save_backup(backups: Path, host: str, release: str, files: dict[str, bytes])
 
 
 class HostDeployer:
-    """Releases of one host: deploy, rollback, backup."""
+    """Releases of one host: deploy, rollback, backup, stop."""
 
     def __init__(
         self,
@@ -202,6 +202,25 @@ class HostDeployer:
             report.release = state.current
             report.backup = save_backup(self.backups, self.host, state.current, files)
             report.messages.append(f"release {state.current} saved to {report.backup}")
+        except (HostError, TransportError) as exc:
+            report.ok = False
+            report.messages.append(str(exc))
+        return report
+
+    def stop(self) -> HostReport:
+        """Stop every unit of the release in service; it stays current (a deploy of the same
+        settings, or a rollback, starts it again)."""
+        report = HostReport(self.host, action="stop")
+        try:
+            state = self.ops.state()
+            report.release = state.current
+            for unit in self._units_of(state.current):
+                assert state.current is not None
+                self.step(f"stopping {unit.name}")
+                result = self.ops.unit(state.current, unit.script, "stop")
+                if result.rc != 0:
+                    report.ok = False
+                    report.messages.append(f"stopping {unit.name} failed: {result.error}")
         except (HostError, TransportError) as exc:
             report.ok = False
             report.messages.append(str(exc))

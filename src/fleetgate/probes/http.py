@@ -7,7 +7,7 @@ retries; a probe needs exactly those, so it talks aiohttp directly.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
@@ -115,13 +115,28 @@ class ApiClient:
         return self._session
 
     async def request(
-        self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> Reply:
+        """One exchange: ``body`` is sent as JSON, or ``content`` as the bytes given (a probe may
+        send a malformed body on purpose); ``headers`` add to the client's or replace them (a
+        wrong key, say)."""
         started = monotonic()
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
         try:
             async with self.session.request(
-                method, self.base_url + path, json=body, timeout=timeout
+                method,
+                self.base_url + path,
+                json=body,
+                data=content,
+                headers=headers,
+                timeout=timeout,
             ) as resp:
                 raw = await resp.read()
                 return Reply(resp.status, _decode(raw), dict(resp.headers), monotonic() - started)
