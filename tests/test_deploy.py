@@ -318,6 +318,20 @@ def test_the_first_failed_gate_skips_the_rest_and_rolls_back_at_once(
     assert "other's log" not in bad.log_tail
     assert served_len(ports[0]) == 1024 and served_len(ports[1]) == 512
 
+    # stop: every unit of the release in service, which stays current
+    ops = host_ops(LocalTransport(), "linux", box["workdir"])
+    deployer = HostDeployer("box", ops, backups=tmp_path / "backups")
+    stopped = deployer.stop()
+    assert stopped.ok and stopped.release == good.release, stopped.messages
+    for name, port in zip(("tiny", "other"), ports, strict=True):
+        assert not probe(GateTarget(name, "vllm", f"http://127.0.0.1:{port}", name, None)).ok
+    assert ops.state().current == good.release
+    # a release whose manifest cannot be read is refused with a message that says so
+    (Path(box["workdir"]) / "current" / "manifest.json").write_text('{"units": "?"}')
+    refused = deployer.stop()
+    assert not refused.ok
+    assert "manifest.json cannot be read: fleet: Field required" in refused.messages[0]
+
 
 def _deploy_killed_at(point: str, fleet: Path, backups: Path) -> None:
     """Run ``fleetgate deploy`` in a process, wait until it pauses at ``point``, SIGKILL it."""
