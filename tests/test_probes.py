@@ -395,6 +395,26 @@ async def test_transport_faults_are_named_once_with_their_detail() -> None:
         assert reply.message and reply.message != reply.transport_error
 
 
+async def test_a_request_can_send_raw_bytes_and_replace_the_clients_key() -> None:
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    chat = "/v1/chat/completions"
+    body = {"model": "qwen2.5-7b-armitage", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        local_fleet(fleet, gateway_port=0, speed=20) as running,
+        ApiClient(running.gateway_url, running.api_key, timeout_s=60) as api,
+    ):
+        malformed = await api.request(
+            "POST", chat, content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        wrong_key = await api.request(
+            "POST", chat, body, headers={"Authorization": "Bearer wrong-key-0000"}
+        )
+        right_key = await api.request("POST", chat, {**body, "max_tokens": 1})
+    assert malformed.status == 400 and "not valid JSON" in malformed.message, malformed.summary()
+    assert wrong_key.status == 401, wrong_key.summary()
+    assert right_key.status == 200, right_key.summary()
+
+
 async def test_a_backend_that_cannot_count_says_why_once() -> None:
     model = ModelUnderTest(
         "m",
