@@ -243,5 +243,9 @@ async def rollback_criterion(fleet: Fleet, step: Step, speed: float = 10.0) -> C
                 await _verify_over_http(criterion, target, step)
         finally:
             step("stopping the rollback host's units")
-            await asyncio.to_thread(deployer.stop)
+            stopped = await asyncio.to_thread(deployer.stop)
+    if not stopped.ok:
+        criterion.detail += "; stopping the rollback host's units failed: " + "; ".join(
+            stopped.messages
+        )
     return criterion
