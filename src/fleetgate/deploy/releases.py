@@ -60,7 +60,7 @@ def _units(files: dict[str, bytes]) -> list[dict[str, Any]]:
 
 def diff_releases(old: dict[str, bytes], new: dict[str, bytes]) -> str:
     """A unified diff of two releases' files (release.json, which only names them, left out)."""
-    chunks = []
+    chunks: list[str] = []
     for path in sorted(set(old) | set(new)):
         if path == RELEASE_META:
             continue
