@@ -60,6 +60,11 @@ def test_a_clean_script_has_no_problems() -> None:
     assert parse_errors("$a = 'it''s'\nif ($a) { Write-Output \"$a ok\" }\n") == []
 
 
+def test_a_script_without_statements_is_reported() -> None:
+    """A limit of the grammar, pinned so a grammar update that lifts it is noticed."""
+    assert parse_errors("# only a comment\n") != []
+
+
 def test_problems_say_where() -> None:
     assert parse_errors("Write-Output 'fine'\n$x = (1 + )\n") == [
         "2:10: missing decimal_integer_literal"

@@ -20,7 +20,11 @@ def _parser() -> Parser:
 
 def parse_errors(source: str) -> list[str]:
     """Every ERROR and MISSING node of ``source``'s parse tree as ``line:column: what``
-    (1-based, with the text it covers); empty when the script parses cleanly."""
+    (1-based, with the text it covers); empty when the script parses cleanly.
+
+    The grammar needs at least one statement: an empty script, or one of comments only, is
+    reported as an error although PowerShell would run it.
+    """
     data = source.encode()
     tree = _parser().parse(data)
     problems: list[str] = []
