@@ -1,13 +1,17 @@
-"""The docs' commands work as written, and the homelab Makefile calls fleetgate.
+"""The docs' commands work as written, their links resolve, and the homelab Makefile calls
+fleetgate.
 
 Every ``fleetgate`` line in a bash block of docs/*.md must parse (command, options and
 arguments, checked by the CLI's own parser); the ones that run locally and quickly (plan,
 validate, render) are run for real. Long-running or remote ones (up, serve, deploy, smoke, ...)
-are parsed only: their behaviour has its own tests.
+are parsed only: their behaviour has its own tests. Every relative link of README.md,
+CHANGELOG.md and docs/*.md points at a file that exists (and a heading, when it names one), and
+every ``fleetgate.x.y`` that docs/architecture.md names can be imported.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import subprocess
@@ -22,6 +26,7 @@ from fleetgate.cli import app
 
 ROOT = Path(__file__).parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
+LINKED = [ROOT / "README.md", ROOT / "CHANGELOG.md", *DOCS]
 RUN_FOR_REAL = {"plan", "validate", "render", "--help"}
 MAKE_TARGETS = [
     "help", "validate", "plan", "backup-configs", "deploy-wintermute", "deploy-armitage",
@@ -74,6 +79,7 @@ def test_the_docs_exist_and_have_commands() -> None:
         "fleet-file.md",
         "troubleshooting.md",
         "deployment-checklist.md",
+        "architecture.md",
     } <= names
     used = {argv[0] for _, argv, _ in COMMANDS}
     assert {"up", "check", "plan", "validate", "render", "deploy", "rollback", "smoke"} <= used
@@ -120,3 +126,64 @@ def test_makefile_target_calls_fleetgate(target: str) -> None:
     assert commands, out
     for command in commands:
         parse(shlex.split(command)[1:])
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor the way GitHub makes it."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def relative_links(path: Path) -> list[str]:
+    """The link targets of a Markdown file that are not URLs (code blocks left out)."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+@pytest.mark.parametrize("doc", LINKED, ids=[d.relative_to(ROOT).as_posix() for d in LINKED])
+def test_relative_links_resolve(doc: Path) -> None:
+    for target in relative_links(doc):
+        file, _, anchor = target.partition("#")
+        resolved = (doc.parent / file).resolve() if file else doc
+        assert resolved.exists(), f"{doc.name}: link {target!r}: no {resolved}"
+        if anchor and resolved.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", resolved.read_text(), re.M)
+            assert anchor in {slug(h) for h in headings}, f"{doc.name}: no heading #{anchor}"
+
+
+def test_the_link_checker_sees_links(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# A Title, here\n[a](other.md) [b](https://x.org/y) [c](#a-title-here)\n"
+        "```bash\necho [not](a-link.md)\n```\n"
+    )
+    assert relative_links(page) == ["other.md", "#a-title-here"]
+    assert slug("A Title, here") == "a-title-here"
+    assert "architecture.md" in " ".join(relative_links(ROOT / "README.md"))
+    assert "DESIGN.md" not in (ROOT / "README.md").read_text()
+
+
+def test_architecture_names_only_what_exists() -> None:
+    """Every `fleetgate.x.y` the architecture page names imports (a module, or a name in one);
+    a package the page marks as planned is exempt until it exists."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    planned = set(re.findall(r"`(\w+)` \(planned\)", text))
+    names = set(re.findall(r"`(fleetgate(?:\.\w+)+)`", text))
+    assert len(names) >= 8
+    for name in sorted(names):
+        if name.split(".")[1] in planned:
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            module, _, attr = name.rpartition(".")
+            assert hasattr(importlib.import_module(module), attr), f"{name} does not exist"
+
+
+def test_readme_lists_every_package() -> None:
+    packages = {
+        p.name for p in (ROOT / "src" / "fleetgate").iterdir() if (p / "__init__.py").is_file()
+    }
+    listed = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "README.md").read_text(), re.M))
+    assert listed == packages

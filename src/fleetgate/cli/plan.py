@@ -112,8 +112,8 @@ def plan(
         err_console.print(f"[red]error:[/] {exc.args[0]}")
         raise typer.Exit(1) from None
     except FleetError as exc:
-        for p in exc.problems:
-            err_console.print(f"[red]error:[/] {p.format(exc.file)}")
+        for problem in exc.problems:
+            err_console.print(f"[red]error:[/] {problem.format(exc.file)}")
         raise typer.Exit(1) from None
 
     if as_json:

@@ -34,8 +34,8 @@ def render(
     written: dict[Path, str] = {}
     try:
         for name in host or list(source.fleet.hosts):
-            for path, text in render_host(source, name).items():
-                written[out / name / path] = text
+            for relative, text in render_host(source, name).items():
+                written[out / name / relative] = text
         if source.fleet.gateway is not None and not host:
             written[out / "litellm.config.yaml"] = render_litellm(source)
     except RenderError as exc:

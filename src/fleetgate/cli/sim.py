@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -102,13 +104,16 @@ def _serve(server: SimServer) -> None:
             )
             await asyncio.Event().wait()
 
+    run: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
+
+        run = uvloop.run
     except ImportError:
-        uvloop = None
+        run = asyncio.run
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            (uvloop.run if uvloop else asyncio.run)(main())
+            run(main())
     except OSError as exc:  # the port is taken, or the address is not this machine's
         err_console.print(
             f"[red]error:[/] cannot listen on {server.host}:{server.port}: {exc.strerror or exc}"

@@ -94,10 +94,10 @@ def load_model_info(
             raise UnknownModelError(f"{cfg_file}: {exc}") from None
         method, bits, group = _quantization_from_config(cfg)
         return ModelInfo(arch, method or detect_quantization(model_id), weight_bytes, bits, group)
-    arch = catalog_arch(model_id)
-    if arch is None:
+    known = catalog_arch(model_id)
+    if known is None:
         raise UnknownModelError(
             f"model {model_id!r} is not in the bundled catalog; pass its config.json with "
             "--config PATH (or model_path: in the fleet file, a local directory holding it)"
         )
-    return ModelInfo(arch, detect_quantization(model_id), weight_bytes)
+    return ModelInfo(known, detect_quantization(model_id), weight_bytes)

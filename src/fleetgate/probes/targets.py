@@ -86,7 +86,9 @@ def models_from_listing(body: Any) -> list[ModelUnderTest]:
     for card in cards:
         if not isinstance(card, dict) or not isinstance(card.get("id"), str):
             continue
-        limits = card.get("limits") if isinstance(card.get("limits"), dict) else {}
+        limits = card.get("limits")
+        if not isinstance(limits, dict):
+            limits = {}
         root = card.get("root")
         kind = card.get("kind") or (
             "profile" if isinstance(root, str) and root != card["id"] and root in ids else "route"

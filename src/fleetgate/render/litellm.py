@@ -109,10 +109,10 @@ def render_litellm(source: Source) -> str:
     slots = _slots(fleet, models)
     lanes, notes = _lanes(models, slots)
     shares = _shares(lanes, slots)
-    for dep, total in slots.items():
-        given = sum(n for (_, d), n in shares.items() if d == dep)
+    for slotted, total in slots.items():
+        given = sum(n for (_, d), n in shares.items() if d == slotted)
         if given > total:
-            notes.append(f"{dep}: more routes than its {total} slots; LiteLLM may send {given}")
+            notes.append(f"{slotted}: more routes than its {total} slots; LiteLLM may send {given}")
     own = {m.name for m in lanes}
     model_list: list[dict[str, Any]] = []
     for public in lanes:

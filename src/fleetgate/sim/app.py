@@ -310,7 +310,7 @@ async def _complete(
     parts: list[str] = []
     while True:
         out = await outputs.get()
-        if out.finish_reason == "error":
+        if out.failed:
             raise errors.engine_dead()
         parts.append(out.text)
         if out.finish_reason is not None:
@@ -409,7 +409,7 @@ async def _stream(
     }
     # vLLM sends the headers with the first output, after prefill: an error before that is JSON
     out = await outputs.get()
-    if out.finish_reason == "error":
+    if out.failed:
         raise errors.engine_dead()
     resp = web.StreamResponse(headers={"Content-Type": SSE_CONTENT_TYPE})
     await resp.prepare(request)
@@ -429,7 +429,7 @@ async def _stream(
         }
         await resp.write(_event(first))
     while True:
-        if out.finish_reason == "error":
+        if out.failed:
             error = errors.engine_dead()
             await resp.write(
                 _event(

@@ -33,6 +33,11 @@ class Output:
     finish_reason: FinishReason | None = None
     stop_reason: str | None = None
 
+    @property
+    def failed(self) -> bool:
+        """The engine died under this request (vLLM answers it with an engine error)."""
+        return self.finish_reason == "error"
+
 
 @dataclass(eq=False)
 class Sequence:
