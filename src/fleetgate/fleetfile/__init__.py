@@ -1,10 +1,21 @@
-"""The fleet file: schema, loading, cross checks and public model names."""
+"""The fleet file: schema, loading, cross checks, and every fact derived from it (public model
+names and their limits, slots, URLs, ``${VAR}`` references)."""
 
-from fleetgate.fleetfile.crosscheck import check_fleet
+from fleetgate.fleetfile.crosscheck import check_fleet, require_gateway, require_valid
+from fleetgate.fleetfile.envrefs import env_refs, has_env_refs, lone_env_ref
 from fleetgate.fleetfile.gpus import GPU_CATALOG, GpuModel, lookup_gpu
 from fleetgate.fleetfile.load import FleetError, LoadedFleet, Problem, load_fleet, parse_fleet
-from fleetgate.fleetfile.routes import PublicModel, public_models, resolve_alias, route_limits
+from fleetgate.fleetfile.routes import (
+    DEFAULT_CONCURRENCY,
+    PublicModel,
+    RouteLimits,
+    deployment_slots,
+    public_models,
+    resolve_alias,
+    route_limits,
+)
 from fleetgate.fleetfile.schema import (
+    DEFAULT_LIMITS,
     ApiKey,
     Deployment,
     Fleet,
@@ -14,8 +25,17 @@ from fleetgate.fleetfile.schema import (
     Limits,
     Route,
 )
+from fleetgate.fleetfile.urls import (
+    client_address,
+    deployment_url,
+    gateway_url,
+    http_url,
+    reachable,
+)
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LIMITS",
     "GPU_CATALOG",
     "ApiKey",
     "Deployment",
@@ -30,11 +50,23 @@ __all__ = [
     "Problem",
     "PublicModel",
     "Route",
+    "RouteLimits",
     "check_fleet",
+    "client_address",
+    "deployment_slots",
+    "deployment_url",
+    "env_refs",
+    "gateway_url",
+    "has_env_refs",
+    "http_url",
     "load_fleet",
+    "lone_env_ref",
     "lookup_gpu",
     "parse_fleet",
     "public_models",
+    "reachable",
+    "require_gateway",
+    "require_valid",
     "resolve_alias",
     "route_limits",
 ]

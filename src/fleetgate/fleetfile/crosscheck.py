@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 from fleetgate.fleetfile.gpus import FP8_KV_ARCHITECTURES
-from fleetgate.fleetfile.load import Problem
+from fleetgate.fleetfile.load import FleetError, Problem
 from fleetgate.fleetfile.routes import resolve_alias, route_limits
-from fleetgate.fleetfile.schema import Fleet
+from fleetgate.fleetfile.schema import Fleet, Gateway
 
 # vLLM refuses to start when free memory is below total x util; a Windows desktop's display
 # and compositor usually hold 0.3-1.5 GiB, so leave at least this much outside vLLM's share.
@@ -166,6 +166,22 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                         )
                     )
     return problems
+
+
+def require_valid(fleet: Fleet, file: str | None = None) -> Fleet:
+    """The fleet itself when :func:`check_fleet` finds no error; else raise
+    :class:`FleetError` with every error (warnings are left to ``fleetgate validate``)."""
+    errors = [p for p in check_fleet(fleet) if p.level == "error"]
+    if errors:
+        raise FleetError(file, errors)
+    return fleet
+
+
+def require_gateway(fleet: Fleet, file: str | None = None) -> Gateway:
+    """The fleet's gateway section; raise :class:`FleetError` when the file has none."""
+    if fleet.gateway is None:
+        raise FleetError(file, [Problem("gateway", "the fleet file has no gateway section")])
+    return fleet.gateway
 
 
 def _check_limits(fleet: Fleet, route_name: str, profile: str | None) -> list[Problem]:

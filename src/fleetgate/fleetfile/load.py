@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from fleetgate.errors import FleetgateError
+from fleetgate.fleetfile.envrefs import INTERPOLATION
 from fleetgate.fleetfile.schema import Fleet
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Problem:
         return f"{text}\n  hint: {self.suggestion}" if self.suggestion else text
 
 
-class FleetError(Exception):
+class FleetError(FleetgateError):
     """The fleet file could not be used; ``problems`` says every reason found."""
 
     def __init__(self, file: str | None, problems: list[Problem]) -> None:
@@ -82,7 +82,7 @@ def interpolate(
             raise KeyError((path, name))
         return match.group(0)
 
-    return _VAR.sub(sub, value)
+    return INTERPOLATION.sub(sub, value)
 
 
 def _line_index(text: str) -> dict[tuple[str, ...], int]:

@@ -5,18 +5,17 @@ Every other layer takes a validated :class:`Fleet`; nothing downstream re-reads 
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetgate.fleetfile.envrefs import lone_env_ref
 from fleetgate.fleetfile.gpus import Architecture, GpuModel, lookup_gpu
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 Quantization = Literal["none", "awq", "gptq", "int8", "fp8", "bitsandbytes"]
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
-_UNRESOLVED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 class _Strict(BaseModel):
@@ -142,6 +141,18 @@ class Limits(_Strict):
     clamp_max_tokens: bool | None = None
 
 
+# What every route starts from; ``gateway.defaults`` overrides it field by field.
+DEFAULT_LIMITS = Limits(queue_depth=16, queue_wait_s=30.0, clamp_max_tokens=False)
+
+
+def merge_limits(*layers: Limits) -> Limits:
+    """Later layers win field by field where they set a value."""
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update({k: v for k in Limits.model_fields if (v := getattr(layer, k)) is not None})
+    return Limits(**merged)
+
+
 class Route(Limits):
     """A public model name pointing at one or more deployments."""
 
@@ -158,7 +169,7 @@ class ApiKey(_Strict):
     @classmethod
     def _long_enough(cls, value: str) -> str:
         # a ${VAR} left as written (loading without secrets, for plan) is not a key to judge
-        if len(value) < 8 and not _UNRESOLVED.fullmatch(value):
+        if len(value) < 8 and lone_env_ref(value) is None:
             raise ValueError("an API key needs at least 8 characters")
         return value
 
@@ -185,9 +196,15 @@ class Gateway(_Strict):
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     health: HealthCheck = HealthCheck()
     redis_url: str | None = Field(default=None, description="share RPM/TPM between replicas")
-    defaults: Limits = Limits(queue_depth=16, queue_wait_s=30.0, clamp_max_tokens=False)
+    defaults: Limits = DEFAULT_LIMITS
     routes: dict[Name, Route] = {}
     aliases: dict[Name, Name] = {}
+
+    @field_validator("defaults")
+    @classmethod
+    def _over_builtin(cls, value: Limits) -> Limits:
+        """``defaults: {rpm: 100}`` sets rpm and keeps the built-in queue and clamp."""
+        return merge_limits(DEFAULT_LIMITS, value)
 
 
 class Fleet(_Strict):

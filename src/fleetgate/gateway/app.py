@@ -16,7 +16,7 @@ from typing import TextIO
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from fleetgate.fleetfile import Fleet
+from fleetgate.fleetfile import Fleet, http_url, reachable
 from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, admin_disabled, unauthorized
 from fleetgate.gateway.metrics import CONTENT_TYPE
@@ -196,8 +196,7 @@ async def serve(
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         bound = runner.addresses[0][1]
-        shown = f"[{host}]" if ":" in host else host
-        yield RunningGateway(f"http://{shown}:{bound}", bound, app)
+        yield RunningGateway(http_url(reachable(host), bound), bound, app)
     finally:
         await runner.cleanup()
 

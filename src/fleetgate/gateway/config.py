@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from fleetgate.fleetfile import Fleet, public_models
-
-# A deployment that states neither a route concurrency nor max_num_seqs: vLLM's own default
-# batch size, so the gateway does not become the bottleneck by accident.
-DEFAULT_CONCURRENCY = 256
+from fleetgate.fleetfile import (
+    Fleet,
+    deployment_slots,
+    deployment_url,
+    public_models,
+    require_gateway,
+)
 
 
 def hash_key(key: str) -> str:
@@ -91,48 +93,34 @@ class GatewayConfig:
 
     @classmethod
     def from_fleet(cls, fleet: Fleet) -> GatewayConfig:
-        """Build from a fleet that passed :func:`fleetgate.fleetfile.crosscheck_fleet`."""
-        gw = fleet.gateway
-        if gw is None:
-            raise ValueError("the fleet file has no gateway section")
+        """Build from a fleet that passed :func:`fleetgate.fleetfile.require_valid`."""
+        gw = require_gateway(fleet)
         models: dict[str, ModelConfig] = {}
-        # A deployment's slots: the smallest concurrency any plain route gives it.
-        slots: dict[str, int] = {}
         for pm in public_models(fleet).values():
             lim = pm.limits
-            lens = [fleet.deployments[d].max_model_len for d in pm.deployments]
-            known = [n for n in lens if n is not None]
             models[pm.name] = ModelConfig(
                 name=pm.name,
                 route=pm.route,
                 lane=pm.profile or pm.route,
                 deployments=pm.deployments,
-                max_model_len=min(known) if known else None,
+                max_model_len=pm.max_model_len,
                 max_input_tokens=lim.max_input_tokens,
                 max_output_tokens=lim.max_output_tokens,
-                clamp_max_tokens=bool(lim.clamp_max_tokens),
+                clamp_max_tokens=lim.clamp_max_tokens,
                 rpm=lim.rpm,
                 tpm=lim.tpm,
-                queue_depth=lim.queue_depth if lim.queue_depth is not None else 16,
-                queue_wait_s=lim.queue_wait_s if lim.queue_wait_s is not None else 30.0,
+                queue_depth=lim.queue_depth,
+                queue_wait_s=lim.queue_wait_s,
             )
-            if pm.kind == "route":
-                for d in pm.deployments:
-                    conc = lim.concurrency or fleet.deployments[d].max_num_seqs
-                    conc = conc or DEFAULT_CONCURRENCY
-                    slots[d] = min(slots.get(d, conc), conc)
         deployments = {}
-        for name in slots:
+        for name, slots in deployment_slots(fleet).items():
             dep = fleet.deployments[name]
-            address = fleet.hosts[dep.host].address
-            if ":" in address and not address.startswith("["):
-                address = f"[{address}]"
             deployments[name] = DeploymentConfig(
                 name=name,
-                url=f"http://{address}:{dep.port}",
+                url=deployment_url(fleet, name),
                 served_model=dep.public_name(name),
                 max_model_len=dep.max_model_len,
-                concurrency=slots[name],
+                concurrency=slots,
             )
         keys = {hash_key(k.key): KeyConfig(k.name, frozenset(k.routes)) for k in gw.api_keys}
         return cls(

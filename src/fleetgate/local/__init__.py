@@ -1,11 +1,12 @@
 """A fleet on this machine: simulated (or real vLLM) backends behind a real gateway."""
 
-from fleetgate.local.backends import Backend
+from fleetgate.local.backends import BackendStartError, LocalBackend
 from fleetgate.local.localize import LocalFleet, free_port, localize
 from fleetgate.local.up import RunningFleet, local_fleet
 
 __all__ = [
-    "Backend",
+    "BackendStartError",
+    "LocalBackend",
     "LocalFleet",
     "RunningFleet",
     "free_port",

@@ -18,14 +18,20 @@ from pathlib import Path
 
 import aiohttp
 
+from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet
 from fleetgate.local.simconfig import sim_config_for
 from fleetgate.render import vllm_command
 from fleetgate.sim import SimServer
 
 
+class BackendStartError(FleetgateError):
+    """A local backend could not be started (no model directory, vLLM exited or never got
+    healthy)."""
+
+
 @dataclass(frozen=True)
-class Backend:
+class LocalBackend:
     """A running backend: its deployment, URL, and what it was started with."""
 
     deployment: str
@@ -41,11 +47,11 @@ class Backend:
 @contextlib.asynccontextmanager
 async def sim_backend(
     fleet: Fleet, name: str, *, speed: float = 1.0, port: int = 0
-) -> AsyncIterator[Backend]:
+) -> AsyncIterator[LocalBackend]:
     """One simulated deployment on a loopback port (0: a free one)."""
     config = sim_config_for(fleet, name, speed=speed)
     async with SimServer(config, host="127.0.0.1", port=port) as sim:
-        yield Backend(
+        yield LocalBackend(
             name,
             sim.url,
             sim.port,
@@ -105,7 +111,7 @@ def vllm_argv(fleet: Fleet, name: str) -> list[str]:
     on the deployment's (loopback) address and port."""
     dep = fleet.deployments[name]
     if dep.model_path is None:
-        raise ValueError(
+        raise BackendStartError(
             f"deployment {name}: --backend vllm needs model_path (a local model directory)"
         )
     as_process = fleet.model_copy(
@@ -131,19 +137,19 @@ async def _healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while loop.time() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with status {process.returncode}")
+                raise BackendStartError(f"vLLM exited with status {process.returncode}")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(url + "/health") as resp:
                     if resp.status == 200:
                         return
             await asyncio.sleep(1.0)
-    raise RuntimeError(f"vLLM at {url} was not healthy after {timeout_s:.0f} s")
+    raise BackendStartError(f"vLLM at {url} was not healthy after {timeout_s:.0f} s")
 
 
 @contextlib.asynccontextmanager
 async def vllm_backend(
     fleet: Fleet, name: str, *, log_dir: Path, start_timeout_s: float = 900.0
-) -> AsyncIterator[Backend]:
+) -> AsyncIterator[LocalBackend]:
     """One real vLLM process on the deployment's port; its output goes to ``log_dir/<name>.log``."""
     dep = fleet.deployments[name]
     port = dep.port
@@ -162,10 +168,10 @@ async def vllm_backend(
     try:
         try:
             await _healthy(url, process, start_timeout_s)
-        except RuntimeError as exc:
+        except BackendStartError as exc:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"{name}: {exc}\n" + "\n".join(tail)) from None
-        yield Backend(
+            raise BackendStartError(f"{name}: {exc}\n" + "\n".join(tail)) from None
+        yield LocalBackend(
             name,
             url,
             port,

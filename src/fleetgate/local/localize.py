@@ -12,7 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
-from fleetgate.fleetfile import Fleet
+from fleetgate.fleetfile import Fleet, has_env_refs, require_gateway
 
 LOOPBACK = "127.0.0.1"
 
@@ -22,10 +22,6 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _unresolved(value: str | None) -> bool:
-    return value is not None and "${" in value
 
 
 @dataclass(frozen=True)
@@ -55,8 +51,8 @@ def localize(
 
     ``gateway_port`` 0 picks a free port; ``None`` keeps the fleet file's.
     """
-    if fleet.gateway is None:
-        raise ValueError("the fleet file has no gateway section: nothing to serve")
+    require_gateway(fleet)
+    assert fleet.gateway is not None
     chosen = dict(ports or {})
     for name in fleet.deployments:
         if name not in chosen:
@@ -74,12 +70,12 @@ def localize(
     generated: dict[str, str] = {}
     keys = []
     for key in fleet.gateway.api_keys:
-        if _unresolved(key.key):
+        if has_env_refs(key.key):
             generated[key.name] = "fg-" + secrets.token_urlsafe(24)
             key = key.model_copy(update={"key": generated[key.name]})
         keys.append(key)
     admin = fleet.gateway.admin_key
-    if _unresolved(admin):
+    if has_env_refs(admin):
         admin = "fg-admin-" + secrets.token_urlsafe(24)
         generated["admin"] = admin
     gateway = fleet.gateway.model_copy(

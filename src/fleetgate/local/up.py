@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetgate.fleetfile import Fleet, FleetError, check_fleet
+from fleetgate.fleetfile import Fleet, require_valid
 from fleetgate.gateway import serve
-from fleetgate.local.backends import Backend, sim_backend, vllm_backend, vllm_problems
+from fleetgate.local.backends import (
+    BackendStartError,
+    LocalBackend,
+    sim_backend,
+    vllm_backend,
+    vllm_problems,
+)
 from fleetgate.local.localize import LOOPBACK, LocalFleet, localize
 
 
@@ -19,7 +25,7 @@ class RunningFleet:
     """A local fleet that is up: the rewritten fleet, its backends, the gateway's URL."""
 
     local: LocalFleet
-    backends: dict[str, Backend]
+    backends: dict[str, LocalBackend]
     gateway_url: str
 
     @property
@@ -45,16 +51,14 @@ async def local_fleet(
     ``gateway_port``: None keeps the fleet file's port, 0 picks a free one. ``backend`` is
     ``sim`` (the simulator) or ``vllm`` (real vLLM processes; deployments need ``model_path``).
     """
-    errors = [p for p in check_fleet(fleet) if p.level == "error"]
-    if errors:
-        raise FleetError(None, errors)
+    require_valid(fleet)
     if backend not in ("sim", "vllm"):
         raise ValueError(f"backend must be sim or vllm, not {backend!r}")
     if backend == "vllm" and (problems := vllm_problems(fleet)):
-        raise RuntimeError("cannot start vLLM:\n  " + "\n  ".join(problems))
+        raise BackendStartError("cannot start vLLM:\n  " + "\n  ".join(problems))
     local = localize(fleet, gateway_port=gateway_port)
     async with contextlib.AsyncExitStack() as stack:
-        backends: dict[str, Backend] = {}
+        backends: dict[str, LocalBackend] = {}
         if backend == "vllm" and log_dir is None:
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetgate-")))
         for name in fleet.deployments:

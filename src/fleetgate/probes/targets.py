@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetgate.fleetfile import Fleet, public_models
+from fleetgate.fleetfile import Fleet, deployment_url, gateway_url, has_env_refs, public_models
 from fleetgate.probes.http import ApiClient, Reply
 
 
 @dataclass(frozen=True)
-class Backend:
+class ProbeBackend:
     """A deployment behind a model, as reachable from here (for direct token counts)."""
 
     name: str
@@ -34,7 +34,7 @@ class ModelUnderTest:
     max_output_tokens: int | None = None
     max_model_len: int | None = None  # what the fleet file (or gateway) plans
     clamp_max_tokens: bool = False
-    backends: tuple[Backend, ...] = ()
+    backends: tuple[ProbeBackend, ...] = ()
 
 
 class Unreachable(RuntimeError):
@@ -148,21 +148,6 @@ async def confirm_served(target: Target) -> Target:
     return target
 
 
-def _url(address: str, port: int) -> str:
-    if address in ("0.0.0.0", "::", ""):
-        address = "127.0.0.1"
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"
-    return f"http://{address}:{port}"
-
-
-def gateway_url(fleet: Fleet) -> str:
-    """Where the fleet's gateway answers, from its host's address and port."""
-    if fleet.gateway is None:
-        raise ValueError("the fleet file has no gateway section")
-    return _url(fleet.hosts[fleet.gateway.host].address, fleet.gateway.port)
-
-
 def target_from_fleet(fleet: Fleet, url: str | None = None, api_key: str | None = None) -> Target:
     """Every public model of the fleet with the limits the file sets.
 
@@ -170,7 +155,7 @@ def target_from_fleet(fleet: Fleet, url: str | None = None, api_key: str | None 
     ``api_key``, else the fleet's first API key when its ``${VAR}`` resolved.
     """
     if api_key is None and fleet.gateway is not None:
-        keys = [k.key for k in fleet.gateway.api_keys if "${" not in k.key]
+        keys = [k.key for k in fleet.gateway.api_keys if not has_env_refs(k.key)]
         api_key = keys[0] if keys else None
     models = []
     for pm in public_models(fleet).values():
@@ -178,22 +163,21 @@ def target_from_fleet(fleet: Fleet, url: str | None = None, api_key: str | None 
         for dep_name in pm.deployments:
             dep = fleet.deployments[dep_name]
             backends.append(
-                Backend(
+                ProbeBackend(
                     dep_name,
-                    _url(fleet.hosts[dep.host].address, dep.port),
+                    deployment_url(fleet, dep_name),
                     dep.public_name(dep_name),
                     dep.max_model_len,
                 )
             )
-        lens = [b.max_model_len for b in backends if b.max_model_len is not None]
         models.append(
             ModelUnderTest(
                 name=pm.name,
                 kind=pm.kind,
                 max_input_tokens=pm.limits.max_input_tokens,
                 max_output_tokens=pm.limits.max_output_tokens,
-                max_model_len=min(lens) if lens else None,
-                clamp_max_tokens=bool(pm.limits.clamp_max_tokens),
+                max_model_len=pm.max_model_len,
+                clamp_max_tokens=pm.limits.clamp_max_tokens,
                 backends=tuple(backends),
             )
         )

@@ -23,8 +23,14 @@ from typing import Any
 
 import yaml
 
-from fleetgate.fleetfile import Fleet, PublicModel, public_models
-from fleetgate.render import words
+from fleetgate.fleetfile import (
+    PublicModel,
+    deployment_slots,
+    deployment_url,
+    lone_env_ref,
+    public_models,
+    require_gateway,
+)
 from fleetgate.render.source import Source, gateway_hash, header
 
 # Limits a LiteLLM entry carries besides max_parallel_requests.
@@ -33,28 +39,12 @@ _EXPORTED = ("rpm", "tpm", "max_input_tokens", "max_output_tokens")
 
 def _secret(value: str | None) -> str | None:
     """LiteLLM reads secrets as ``os.environ/VAR``; only a lone ``${VAR}`` maps onto that."""
-    if not value:
-        return None
-    refs = words.env_refs(value)
-    return f"os.environ/{refs[0]}" if refs and value == f"${{{refs[0]}}}" else None
+    name = lone_env_ref(value) if value else None
+    return f"os.environ/{name}" if name else None
 
 
 def _exported(public: PublicModel) -> tuple[object, ...]:
     return tuple(getattr(public.limits, key) for key in _EXPORTED)
-
-
-def _slots(fleet: Fleet, models: dict[str, PublicModel]) -> dict[str, int]:
-    """Each deployment's slots as the gateway counts them: the smallest concurrency of the
-    routes on it (a route without one: the deployment's max_num_seqs)."""
-    slots: dict[str, int] = {}
-    for public in models.values():
-        if public.kind != "route":
-            continue
-        for name in public.deployments:
-            conc = public.limits.concurrency or fleet.deployments[name].max_num_seqs
-            if conc is not None:
-                slots[name] = min(slots.get(name, conc), conc)
-    return slots
 
 
 def _lanes(
@@ -102,11 +92,9 @@ def _shares(lanes: list[PublicModel], slots: dict[str, int]) -> dict[tuple[str, 
 
 def render_litellm(source: Source) -> str:
     fleet = source.fleet
-    gw = fleet.gateway
-    if gw is None:
-        raise ValueError("the fleet file has no gateway section")
+    gw = require_gateway(fleet)
     models = public_models(fleet)
-    slots = _slots(fleet, models)
+    slots = deployment_slots(fleet)
     lanes, notes = _lanes(models, slots)
     shares = _shares(lanes, slots)
     for slotted, total in slots.items():
@@ -119,10 +107,9 @@ def render_litellm(source: Source) -> str:
         limits = public.limits
         for name in public.deployments:
             dep = fleet.deployments[name]
-            host = fleet.hosts[dep.host]
             params: dict[str, Any] = {
                 "model": f"hosted_vllm/{dep.public_name(name)}",
-                "api_base": f"http://{host.address}:{dep.port}/v1",
+                "api_base": deployment_url(fleet, name) + "/v1",
                 "timeout": gw.request_timeout_s,
             }
             for key, value in (

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleetgate.errors import FleetgateError
+from fleetgate.fleetfile import client_address, deployment_url, http_url
 from fleetgate.render.gateway import GATEWAY_DIR, GATEWAY_SCRIPT
 from fleetgate.render.scripts import launch_script, workdir_of
 from fleetgate.render.source import Source, deployment_hash, gateway_hash, settings_hash
@@ -21,7 +23,7 @@ from fleetgate.render.source import Source, deployment_hash, gateway_hash, setti
 MANIFEST = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(FleetgateError):
     """A release's manifest is missing fields or is not JSON."""
 
 
@@ -102,7 +104,7 @@ def host_manifest(source: Source, host: str) -> Manifest:
                 name=name,
                 runtime=dep.runtime,
                 script=f"{name}/{launch_script(h.os)}",
-                url=f"http://{h.address}:{dep.port}",
+                url=deployment_url(fleet, name),
                 served_model_name=dep.public_name(name),
                 max_model_len=dep.max_model_len,
                 settings_sha256=deployment_hash(source, name),
@@ -110,9 +112,11 @@ def host_manifest(source: Source, host: str) -> Manifest:
         )
     if fleet.gateway is not None and fleet.gateway.host == host:
         gw = fleet.gateway
-        address = h.address if gw.listen in ("0.0.0.0", "::") else gw.listen
         units.append(
-            GatewayUnit(url=f"http://{address}:{gw.port}", settings_sha256=gateway_hash(source))
+            GatewayUnit(
+                url=http_url(client_address(gw.listen, h.address), gw.port),
+                settings_sha256=gateway_hash(source),
+            )
         )
     return Manifest(
         fleet=fleet.name,

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from fleetgate.fleetfile import Fleet, Host
+from fleetgate.fleetfile import Fleet, Host, has_env_refs
 from fleetgate.render import words
 from fleetgate.render.source import Source, deployment_hash, header
 from fleetgate.render.vllm import CONTAINER_MODEL_DIR, VllmCommand, vllm_command
@@ -147,7 +147,7 @@ def vllm_files(source: Source, name: str) -> dict[str, str]:
             argv=_paired(argv, words.sh),
             stop_timeout_s=STOP_TIMEOUT_S,
         )
-        literal_env = [(k, v) for k, v in command.env if not words.env_refs(v)]
+        literal_env = [(k, v) for k, v in command.env if not has_env_refs(v)]
         unit_dir, paths_note = unit_workdir(host)
         files["vllm.service"] = template(
             "vllm.service.j2",

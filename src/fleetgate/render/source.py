@@ -13,14 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fleetgate.fleetfile import Fleet, LoadedFleet
+from fleetgate.errors import FleetgateError
+from fleetgate.fleetfile import Fleet, LoadedFleet, has_env_refs
 from fleetgate.fleetfile.load import interpolate
-from fleetgate.render import words
 
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD)($|_)", re.IGNORECASE)
 
 
-class RenderError(ValueError):
+class RenderError(FleetgateError):
     """The fleet file cannot be rendered safely (e.g. a secret written literally)."""
 
 
@@ -52,13 +52,13 @@ def _refuse_literal_secrets(fleet: Fleet) -> None:
         found += [f"gateway.api_keys.{k.name}.key" for k in gw.api_keys if not _is_ref(k.key)]
         if gw.admin_key and not _is_ref(gw.admin_key):
             found.append("gateway.admin_key")
-        if gw.redis_url and "@" in gw.redis_url and not words.env_refs(gw.redis_url):
+        if gw.redis_url and "@" in gw.redis_url and not has_env_refs(gw.redis_url):
             found.append("gateway.redis_url")
     for name, dep in fleet.deployments.items():
         found += [
             f"deployments.{name}.env.{key}"
             for key, value in dep.env.items()
-            if _SECRET_NAME.search(key) and value and not words.env_refs(value)
+            if _SECRET_NAME.search(key) and value and not has_env_refs(value)
         ]
     if found:
         raise RenderError(
@@ -69,7 +69,7 @@ def _refuse_literal_secrets(fleet: Fleet) -> None:
 
 
 def _is_ref(value: str) -> bool:
-    return bool(words.env_refs(value))
+    return has_env_refs(value)
 
 
 def settings_hash(data: object) -> str:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+from fleetgate.fleetfile.envrefs import ENV_REF
 
 
 def _parts(word: str) -> list[tuple[bool, str]]:
     """Split into (is_reference, text) pieces."""
     out: list[tuple[bool, str]] = []
     pos = 0
-    for match in _REF.finditer(word):
+    for match in ENV_REF.finditer(word):
         if match.start() > pos:
             out.append((False, word[pos : match.start()]))
         out.append((True, match.group(1)))
@@ -24,11 +24,6 @@ def _parts(word: str) -> list[tuple[bool, str]]:
     if pos < len(word) or not out:
         out.append((False, word[pos:]))
     return out
-
-
-def env_refs(word: str) -> list[str]:
-    """The environment variables a word refers to."""
-    return [text for is_ref, text in _parts(word) if is_ref]
 
 
 def sh(word: str) -> str:
