@@ -21,7 +21,7 @@ import pytest
 import yaml
 from tests.support.gateway import eventually, make_fleet, sim_fleet
 
-from fleetgate.fleetfile import check_fleet, load_fleet
+from fleetgate.fleetfile import load_fleet, require_valid
 from fleetgate.gateway import RunningGateway, serve
 from fleetgate.sim import SimConfig, SimServer
 
@@ -491,11 +491,7 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 def _loader(path: Path):
     def load():
-        fleet = load_fleet(path).fleet
-        errors = [p for p in check_fleet(fleet) if p.level == "error"]
-        if errors:
-            raise ValueError("; ".join(p.message for p in errors))
-        return fleet
+        return require_valid(load_fleet(path).fleet)
 
     return load
 

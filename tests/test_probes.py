@@ -27,7 +27,7 @@ from fleetgate.probes import (
 )
 from fleetgate.probes.html import burst_html
 from fleetgate.probes.stats import percentile, summarize
-from fleetgate.probes.targets import Backend, ModelUnderTest, Target
+from fleetgate.probes.targets import ModelUnderTest, ProbeBackend, Target
 from fleetgate.sim import SimConfig, SimServer
 
 HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
@@ -420,7 +420,7 @@ async def test_a_backend_that_cannot_count_says_why_once() -> None:
         "m",
         max_input_tokens=100,
         max_output_tokens=10,
-        backends=(Backend("dep", "http://127.0.0.1:9", "m", 2048),),
+        backends=(ProbeBackend("dep", "http://127.0.0.1:9", "m", 2048),),
     )
     # neither the gateway's /tokenize nor the backend's answers
     report = await run_smoke(Target("http://127.0.0.1:9", None, [model]))

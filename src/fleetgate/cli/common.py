@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 
 from fleetgate.cli.app import err_console
-from fleetgate.fleetfile import FleetError, LoadedFleet, Problem, check_fleet, load_fleet
+from fleetgate.errors import FleetgateError
+from fleetgate.fleetfile import FleetError, LoadedFleet, Problem, load_fleet, require_valid
 
 
 def print_problems(problems: list[Problem], file: str | None) -> None:
@@ -26,25 +27,26 @@ def load_or_exit(path: Path, *, strict_env: bool = True, check: bool = True) -> 
     """
     try:
         loaded = load_fleet(path, strict_env=strict_env)
+        if check:
+            require_valid(loaded.fleet, str(path))
     except FleetError as exc:
         print_problems(exc.problems, exc.file)
         raise typer.Exit(1) from None
-    if check:
-        errors = [p for p in check_fleet(loaded.fleet) if p.level == "error"]
-        if errors:
-            print_problems(errors, str(path))
-            raise typer.Exit(1)
     return loaded
 
 
 @contextmanager
 def exit_on_failure(fleet: Path) -> Iterator[None]:
-    """Print a fleet problem or a failed start as one message and exit 1, not as a traceback."""
+    """Print a fleet problem or a failed start as one message and exit 1, not as a traceback.
+
+    Only fleetgate's own errors (and the OS's: a port taken, a file unreadable) are caught; any
+    other exception is a bug and keeps its traceback.
+    """
     try:
         yield
     except FleetError as exc:
-        print_problems(exc.problems, str(fleet))
+        print_problems(exc.problems, exc.file or str(fleet))
         raise typer.Exit(1) from None
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (FleetgateError, OSError) as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -18,11 +18,11 @@ from fleetgate.deploy import (
     GateTarget,
     HostDeployer,
     HostReport,
-    TransportError,
     host_ops,
     probe,
     transport_for,
 )
+from fleetgate.errors import FleetgateError
 from fleetgate.render import RenderError, Source, host_manifest, render_host, source_of
 
 SSH_CONFIG = typer.Option(None, "--ssh-config", help="an ssh_config file for ssh -F")
@@ -217,7 +217,7 @@ def releases(
     deployer = _deployer(source, host, backups=None, fleet_path=fleet, ssh_config=ssh_config)
     try:
         state = deployer.releases()
-    except (TransportError, RuntimeError) as exc:
+    except FleetgateError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     table = Table("", "release", "status", "created", "settings", "previous")

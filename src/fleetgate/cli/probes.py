@@ -13,12 +13,12 @@ from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
+from fleetgate.errors import FleetgateError
 from fleetgate.probes import (
     BurstConfig,
     BurstReport,
     SmokeReport,
     Target,
-    Unreachable,
     confirm_served,
     run_burst,
     run_smoke,
@@ -44,7 +44,7 @@ def resolve_target(where: str, api_key: str | None, url: str | None = None) -> T
             return asyncio.run(target_from_url(where, api_key))
         target = target_from_fleet(loaded.fleet, url=url, api_key=api_key)
         return asyncio.run(confirm_served(target))
-    except (Unreachable, RuntimeError, ValueError) as exc:
+    except FleetgateError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
 

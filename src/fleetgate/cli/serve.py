@@ -9,18 +9,14 @@ import typer
 
 from fleetgate.cli.app import app, err_console
 from fleetgate.cli.common import load_or_exit, print_problems
-from fleetgate.fleetfile import Fleet, FleetError, Problem, check_fleet, load_fleet
+from fleetgate.fleetfile import Fleet, FleetError, load_fleet, require_gateway, require_valid
 
 
 def _checked(path: Path) -> Fleet:
     """Load and cross-check the fleet file; raise FleetError when it has errors (reload uses
     this too, so an invalid file is refused and the running configuration stays)."""
-    fleet = load_fleet(path).fleet
-    errors = [p for p in check_fleet(fleet) if p.level == "error"]
-    if errors:
-        raise FleetError(str(path), errors)
-    if fleet.gateway is None:
-        raise FleetError(str(path), [Problem("gateway", "the fleet file has no gateway section")])
+    fleet = require_valid(load_fleet(path).fleet, str(path))
+    require_gateway(fleet, str(path))
     return fleet
 
 

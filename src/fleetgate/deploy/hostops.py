@@ -17,11 +17,12 @@ from importlib import resources
 from typing import Any
 
 from fleetgate.deploy.transport import Result, Transport, TransportError
+from fleetgate.errors import FleetgateError
 
 RELEASE_META = "release.json"
 
 
-class HostError(RuntimeError):
+class HostError(FleetgateError):
     """An operation on the host failed; the message carries what the host said."""
 
 

@@ -10,10 +10,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Host
 
 
-class TransportError(RuntimeError):
+class TransportError(FleetgateError):
     """The host could not be reached at all (as opposed to a command failing there)."""
 
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TextIO
 
+from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet
 from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
@@ -24,7 +25,7 @@ log = logging.getLogger("fleetgate.gateway")
 FleetLoader = Callable[[], Fleet]
 
 
-class ReloadError(Exception):
+class ReloadError(FleetgateError):
     """The new fleet file was refused; the old configuration keeps serving."""
 
 

@@ -7,11 +7,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetgate.errors import FleetgateError
 from fleetgate.models.arch import ModelArch
 from fleetgate.models.catalog import catalog_arch, detect_quantization
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(FleetgateError):
     """The model's architecture cannot be had: not in the catalog, and no readable config.json
     (or safetensors files) given for it."""
 

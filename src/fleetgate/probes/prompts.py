@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from fleetgate.errors import FleetgateError
+
 Messages = list[dict[str, str]]
 Counter = Callable[[Messages], Awaitable[int]]
 
@@ -17,7 +19,7 @@ _FILLERS = (" a", ".", "!", " b", ",", " x", "?", " z")
 _MAX_STEPS = 24
 
 
-class PromptFitError(RuntimeError):
+class PromptFitError(FleetgateError):
     """No prompt of exactly the requested count was found."""
 
 

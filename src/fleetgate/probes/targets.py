@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet, deployment_url, gateway_url, has_env_refs, public_models
 from fleetgate.probes.http import ApiClient, Reply
 
@@ -37,7 +38,11 @@ class ModelUnderTest:
     backends: tuple[ProbeBackend, ...] = ()
 
 
-class Unreachable(RuntimeError):
+class TargetError(FleetgateError):
+    """The probe's target cannot be used: it will not say what it serves."""
+
+
+class Unreachable(TargetError):
     """Nothing answers HTTP at the target's URL (refused, no such host, timeout)."""
 
 
@@ -131,11 +136,11 @@ async def _listing(url: str, api_key: str | None) -> Reply:
 
 async def target_from_url(url: str, api_key: str | None = None) -> Target:
     """Ask the gateway which models it serves; raises :class:`Unreachable` when nothing
-    answers, RuntimeError when it will not list its models."""
+    answers, :class:`TargetError` when it will not list its models."""
     url = url.rstrip("/")
     reply = await _listing(url, api_key)
     if not reply.ok:
-        raise RuntimeError(f"GET {url}/v1/models answered {reply.summary()}")
+        raise TargetError(f"GET {url}/v1/models answered {reply.summary()}")
     return Target(url, api_key, models_from_listing(reply.body), _ids(reply.body))
 
 
