@@ -28,7 +28,7 @@ def default_max_num_seqs(gpu_memory_gib: float) -> int:
 
 
 @dataclass(frozen=True)
-class Engine:
+class MemoryRules:
     """How one generation of vLLM accounts for memory at start-up.
 
     ``chunked_prefill``: the profile pass is ``max_num_batched_tokens`` tokens (V1); without it
@@ -48,12 +48,12 @@ class Engine:
 V0_CHUNKED_PREFILL_ABOVE = 32768
 
 
-def engine_for(version: tuple[int, int]) -> Engine:
+def memory_rules_for(version: tuple[int, int]) -> MemoryRules:
     if version < (0, 8):
-        return Engine(
+        return MemoryRules(
             chunked_prefill=False, sampler_bytes=36, forward_factor=0.9, graphs_deducted=False
         )
-    return Engine(
+    return MemoryRules(
         chunked_prefill=True,
         sampler_bytes=15,
         forward_factor=1.17,
@@ -180,7 +180,7 @@ def kv_bytes_per_token(arch: ModelArch, kv_cache_dtype: str, tensor_parallel_siz
     return 2 * arch.num_layers * heads * arch.head_dim * KV_DTYPE_BYTES[kv_cache_dtype]
 
 
-def forward_bytes(arch: ModelArch, tokens: int, tp: int, engine: Engine) -> int:
+def forward_bytes(arch: ModelArch, tokens: int, tp: int, rules: MemoryRules) -> int:
     """Peak of the profile forward pass: one decoder layer's live tensors for ``tokens`` tokens."""
     h = arch.hidden_size
     q = arch.num_attention_heads * arch.head_dim // tp
@@ -191,18 +191,18 @@ def forward_bytes(arch: ModelArch, tokens: int, tp: int, engine: Engine) -> int:
     per_token = 2 * (3 * h + q + 2 * kv) + 2 * 3 * inter
     if arch.num_experts:
         per_token += 2 * 2 * h  # MoE permuted hidden states and router outputs
-    return int(tokens * per_token * engine.forward_factor)
+    return int(tokens * per_token * rules.forward_factor)
 
 
 def activation_bytes(
-    arch: ModelArch, tokens: int, seqs: int, tp: int = 1, engine: Engine | None = None
+    arch: ModelArch, tokens: int, seqs: int, tp: int = 1, rules: MemoryRules | None = None
 ) -> int:
     """Peak memory of the profile run: the larger of the forward pass over ``tokens`` tokens and
     the sampler pass over one logits row per dummy request (min(tokens, seqs) rows, full
     vocabulary, not split by tensor parallelism), plus fixed buffers."""
-    engine = engine or engine_for(CURRENT_VLLM)
-    sampler = int(min(seqs, tokens) * arch.vocab_size * engine.sampler_bytes)
-    return max(forward_bytes(arch, tokens, tp, engine), sampler) + int(ACTIVATION_BASE_GIB * GIB)
+    rules = rules or memory_rules_for(CURRENT_VLLM)
+    sampler = int(min(seqs, tokens) * arch.vocab_size * rules.sampler_bytes)
+    return max(forward_bytes(arch, tokens, tp, rules), sampler) + int(ACTIVATION_BASE_GIB * GIB)
 
 
 def cuda_graph_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
@@ -218,12 +218,12 @@ def cuda_graph_bytes(
     max_num_seqs: int,
     max_num_batched_tokens: int,
     tp: int = 1,
-    engine: Engine | None = None,
+    rules: MemoryRules | None = None,
 ) -> int:
     """The CUDA-graph estimate: the largest batch's activations, plus private memory per graph
     that grows with layers x hidden size. PIECEWISE graphs cover every capture size; FULL
     (uniform decode) graphs only sizes up to ``max_num_seqs``."""
-    engine = engine or engine_for(CURRENT_VLLM)
+    rules = rules or memory_rules_for(CURRENT_VLLM)
     sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens)
     if not sizes:
         return 0
@@ -231,7 +231,7 @@ def cuda_graph_bytes(
     per_graph = CUDA_GRAPH_BYTES_PER_GRAPH + (
         CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN * arch.num_layers * arch.hidden_size // tp
     )
-    return forward_bytes(arch, sizes[-1], tp, engine) + graphs * per_graph
+    return forward_bytes(arch, sizes[-1], tp, rules) + graphs * per_graph
 
 
 def kv_bytes_for_request(
@@ -289,21 +289,21 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     """Predict what vLLM will log at start-up for one server, and whether it starts."""
     arch = spec.model.arch
     tp = spec.tensor_parallel_size
-    engine = engine_for(spec.vllm_version)
+    rules = memory_rules_for(spec.vllm_version)
     quant = spec.quantization or spec.model.quantization
     max_model_len = spec.max_model_len or arch.max_position_embeddings
     seqs = spec.max_num_seqs or default_max_num_seqs(spec.gpu_memory_gib)
     default_batch = default_max_num_batched_tokens(spec.gpu_memory_gib)
-    if not engine.chunked_prefill and max_model_len <= V0_CHUNKED_PREFILL_ABOVE:
+    if not rules.chunked_prefill and max_model_len <= V0_CHUNKED_PREFILL_ABOVE:
         default_batch = max(default_batch, max_model_len)
     batched = spec.max_num_batched_tokens or max(default_batch, seqs)
 
     budget = spec.gpu_memory_gib * spec.gpu_memory_utilization
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
-    activation = activation_bytes(arch, batched, seqs, tp, engine) / GIB
+    activation = activation_bytes(arch, batched, seqs, tp, rules) / GIB
     overhead = NON_TORCH_TP_P2P_GIB if tp > 1 and spec.gpu_p2p else NON_TORCH_GIB
-    if engine.graphs_deducted and not spec.enforce_eager:
-        overhead += cuda_graph_bytes(arch, seqs, batched, tp, engine) / GIB
+    if rules.graphs_deducted and not spec.enforce_eager:
+        overhead += cuda_graph_bytes(arch, seqs, batched, tp, rules) / GIB
     available = budget - weights - activation - overhead
 
     chosen = _kv_option(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleetgate.sim import errors
 from fleetgate.sim.config import Faults, SimConfig
-from fleetgate.sim.engine import Engine, Output, Sequence
+from fleetgate.sim.engine import Output, Sequence, SimEngine
 from fleetgate.sim.metrics import CONTENT_TYPE, SimMetrics
 from fleetgate.sim.protocol import (
     ChatRequest,
@@ -36,7 +36,7 @@ class SimState:
     """Everything the routes share: the config, the engine, the tokenizer and the metrics."""
 
     config: SimConfig
-    engine: Engine
+    engine: SimEngine
     metrics: SimMetrics
     tokenizer: SimTokenizer = field(default_factory=SimTokenizer)
     created: int = field(default_factory=lambda: int(time.time()))

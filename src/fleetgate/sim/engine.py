@@ -78,7 +78,7 @@ class EngineStats:
     aborted: int
 
 
-class Engine:
+class SimEngine:
     """Schedules sequences on the running event loop and feeds them tokens."""
 
     def __init__(self, config: SimConfig, metrics: SimMetrics) -> None:

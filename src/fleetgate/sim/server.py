@@ -20,7 +20,7 @@ from aiohttp import web
 
 from fleetgate.sim.app import SimState, make_app
 from fleetgate.sim.config import FaultMode, Faults, SimConfig
-from fleetgate.sim.engine import Engine, EngineStats
+from fleetgate.sim.engine import EngineStats, SimEngine
 from fleetgate.sim.metrics import SimMetrics
 
 
@@ -58,7 +58,7 @@ class SimServer:
         self._loop = asyncio.get_running_loop()
         metrics = SimMetrics(self.config.model)
         self._state = SimState(
-            config=self.config, engine=Engine(self.config, metrics), metrics=metrics
+            config=self.config, engine=SimEngine(self.config, metrics), metrics=metrics
         )
         self._state.on_faults = self._apply_faults
         app = make_app(self._state)
