@@ -7,7 +7,22 @@ from typing import Any
 
 import pytest
 
-from fleetgate.fleetfile import Fleet, check_fleet, public_models, resolve_alias, route_limits
+from fleetgate.errors import FleetgateError
+from fleetgate.fleetfile import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LIMITS,
+    Fleet,
+    FleetError,
+    check_fleet,
+    deployment_slots,
+    public_models,
+    require_gateway,
+    require_valid,
+    resolve_alias,
+    route_limits,
+)
+from fleetgate.gateway.config import GatewayConfig
+from fleetgate.probes.targets import target_from_fleet
 
 BASE: dict[str, Any] = {
     "hosts": {
@@ -421,3 +436,98 @@ def test_public_models_without_gateway() -> None:
     data = copy.deepcopy(BASE)
     del data["gateway"]
     assert public_models(Fleet.model_validate(data)) == {}
+
+
+# -- derived facts: defaults, slots, max_model_len, valid-or-raise ------------------------------
+
+
+def test_partial_gateway_defaults_merge_field_by_field() -> None:
+    """Regression: ``defaults: {rpm: 100}`` used to replace the whole block (queue_depth None)."""
+    data = edit(copy.deepcopy(BASE), "gateway/defaults", {"rpm": 100})
+    fleet = Fleet.model_validate(data)
+    assert fleet.gateway is not None
+    assert fleet.gateway.defaults.model_dump() == {
+        **DEFAULT_LIMITS.model_dump(),
+        "rpm": 100,
+    }
+    limits = route_limits(fleet, "llama-8b")
+    assert (limits.rpm, limits.queue_depth, limits.queue_wait_s) == (100, 16, 30.0)
+    assert limits.clamp_max_tokens is False
+    config = GatewayConfig.from_fleet(fleet).models["llama-8b"]
+    assert (config.rpm, config.queue_depth, config.queue_wait_s) == (100, 16, 30.0)
+
+
+def test_gateway_defaults_override_the_builtin_ones() -> None:
+    data = edit(copy.deepcopy(BASE), "gateway/defaults", {"queue_depth": 0, "queue_wait_s": 5})
+    limits = route_limits(Fleet.model_validate(data), "llama-8b")
+    assert (limits.queue_depth, limits.queue_wait_s) == (0, 5.0)
+
+
+def test_slots_are_the_smallest_route_concurrency_and_profiles_share_them() -> None:
+    data = copy.deepcopy(BASE)
+    data["deployments"]["free"] = {"host": "gpu1", "port": 8001, "model": "m"}
+    data["deployments"]["idle"] = {"host": "gpu1", "port": 8002, "model": "m"}
+    routes = data["gateway"]["routes"]
+    routes["llama-8b"]["profiles"] = {"burst": {"concurrency": 1}}
+    routes["small"] = {"deployments": ["llama"], "concurrency": 2}
+    routes["free"] = {"deployments": ["free"]}
+    fleet = Fleet.model_validate(data)
+    assert not [p for p in check_fleet(fleet) if p.level == "error"]
+    # idle: no route uses it; free: no concurrency, no max_num_seqs -> vLLM's default batch
+    assert deployment_slots(fleet) == {"llama": 2, "free": DEFAULT_CONCURRENCY}
+    gateway = GatewayConfig.from_fleet(fleet)
+    assert {d.name: d.concurrency for d in gateway.deployments.values()} == {
+        "llama": 2,
+        "free": DEFAULT_CONCURRENCY,
+    }
+
+
+def test_public_model_max_model_len_is_the_smallest_of_its_deployments() -> None:
+    data = copy.deepcopy(BASE)
+    data["deployments"]["short"] = {
+        "host": "gpu1",
+        "port": 8001,
+        "model": "m",
+        "max_model_len": 2048,
+    }
+    data["deployments"]["unsized"] = {"host": "gpu1", "port": 8002, "model": "m"}
+    data["gateway"]["routes"]["llama-8b"]["max_input_tokens"] = 1000
+    data["gateway"]["routes"]["llama-8b"]["deployments"] = ["llama", "short", "unsized"]
+    data["gateway"]["routes"]["unsized"] = {"deployments": ["unsized"]}
+    data["gateway"]["aliases"] = {"l": "llama-8b"}
+    fleet = Fleet.model_validate(data)
+    models = public_models(fleet)
+    assert (models["llama-8b"].max_model_len, models["l"].max_model_len) == (2048, 2048)
+    assert models["unsized"].max_model_len is None
+    config = GatewayConfig.from_fleet(fleet)
+    assert config.models["l"].max_model_len == 2048
+    assert {m.name: m.max_model_len for m in target_from_fleet(fleet).models} == {
+        "llama-8b": 2048,
+        "unsized": None,
+        "l": 2048,
+    }
+
+
+def test_require_valid_raises_every_error_and_passes_warnings() -> None:
+    data = edit(copy.deepcopy(BASE), "deployments/llama/host", "nowhere")
+    with pytest.raises(FleetError) as caught:
+        require_valid(Fleet.model_validate(data), "fleet.yaml")
+    assert caught.value.file == "fleet.yaml"
+    assert [p.path for p in caught.value.problems] == ["deployments.llama.host"]
+    assert isinstance(caught.value, FleetgateError)
+    # an fp8 KV cache on ampere is only a warning: the fleet is returned as is
+    warned = Fleet.model_validate(edit(copy.deepcopy(BASE), "hosts/gpu1/gpus", ["RTX 3090"]))
+    warned = warned.model_copy(
+        update={
+            "deployments": {
+                "llama": warned.deployments["llama"].model_copy(update={"kv_cache_dtype": "fp8"})
+            }
+        }
+    )
+    assert check_fleet(warned) and require_valid(warned) is warned
+
+
+def test_require_gateway_names_the_missing_section() -> None:
+    data = edit(copy.deepcopy(BASE), "gateway", DELETE)
+    with pytest.raises(FleetError, match="no gateway section"):
+        require_gateway(Fleet.model_validate(data))

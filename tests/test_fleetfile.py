@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.fleetfile import FleetError, Gpu, load_fleet, parse_fleet
+from fleetgate.fleetfile import (
+    FleetError,
+    Gpu,
+    client_address,
+    deployment_url,
+    env_refs,
+    gateway_url,
+    has_env_refs,
+    http_url,
+    load_fleet,
+    lone_env_ref,
+    parse_fleet,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "homelab" / "fleet.yaml"
 EXAMPLE_BEFORE = EXAMPLE.with_name("fleet.before.yaml")
@@ -435,3 +447,72 @@ def test_value_is_not_repeated_when_the_message_has_it() -> None:
         """
     )
     assert p.message.count("'vllm/vllm-openai'") == 1
+
+
+# -- URLs: one home for brackets and wildcard listen addresses ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("gpu1.lan", "http://gpu1.lan:8000"),
+        ("fd00::2", "http://[fd00::2]:8000"),
+        ("[fd00::2]", "http://[fd00::2]:8000"),
+        ("::1", "http://[::1]:8000"),
+    ],
+)
+def test_http_url_brackets_ipv6_literals(address: str, url: str) -> None:
+    assert http_url(address, 8000) == url
+
+
+@pytest.mark.parametrize(
+    ("listen", "host_address", "dialed"),
+    [
+        ("0.0.0.0", "gw.lan", "gw.lan"),  # every interface: the host's own address
+        ("::", "fd00::9", "fd00::9"),
+        ("10.0.0.5", "gw.lan", "10.0.0.5"),  # one interface: that one
+        ("0.0.0.0", "0.0.0.0", "127.0.0.1"),  # nothing better known: loopback of the family
+        ("::", "::", "::1"),
+    ],
+)
+def test_client_address_maps_wildcards_to_something_reachable(
+    listen: str, host_address: str, dialed: str
+) -> None:
+    assert client_address(listen, host_address) == dialed
+
+
+IPV6_FLEET = """
+hosts:
+  gpu: {address: "fd00::2", gpus: [RTX 4090]}
+  gw: {address: "fd00::9"}
+deployments:
+  llama: {host: gpu, port: 8000, model: m, max_num_seqs: 4}
+gateway:
+  host: gw
+  listen: "::"
+  port: 4000
+  routes:
+    chat: {deployments: [llama]}
+"""
+
+
+def test_deployment_and_gateway_urls_of_an_ipv6_fleet() -> None:
+    fleet = parse_fleet(IPV6_FLEET).fleet
+    assert deployment_url(fleet, "llama") == "http://[fd00::2]:8000"
+    assert gateway_url(fleet) == "http://[fd00::9]:4000"
+
+
+@pytest.mark.parametrize(
+    ("value", "refs", "lone"),
+    [
+        ("${HF_TOKEN}", ["HF_TOKEN"], "HF_TOKEN"),
+        ("redis://:${PW}@host/${DB}", ["PW", "DB"], None),
+        ("plain", [], None),
+        ("$HOME and ${not-a-name}", [], None),
+    ],
+)
+def test_env_references_left_by_loading(value: str, refs: list[str], lone: str | None) -> None:
+    assert env_refs(value) == refs
+    assert has_env_refs(value) is bool(refs)
+    assert lone_env_ref(value) == lone

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from fleetgate.cli import app
 from fleetgate.fleetfile import load_fleet, parse_fleet
+from fleetgate.gateway.config import GatewayConfig
 from fleetgate.render import (
     MANIFEST,
     GatewayUnit,
@@ -461,3 +463,34 @@ def test_vllm_flags_follow_the_spec() -> None:
     assert flags[flags.index("--max-model-len") + 1] == "2048"
     assert "--kv-cache-dtype" not in flags  # auto is vLLM's default
     assert command.model == "/srv/models/tiny model"
+
+
+IPV6_FLEET = """
+hosts:
+  gpu: {address: "fd00::2", gpus: [RTX 4090]}
+deployments:
+  llama: {host: gpu, port: 8000, model: m, max_num_seqs: 4}
+gateway:
+  host: gpu
+  listen: "::"
+  port: 4000
+  routes:
+    chat: {deployments: [llama]}
+"""
+
+
+def test_ipv6_hosts_get_bracketed_urls_in_every_layer() -> None:
+    """Regression: the manifest (read by the deploy health gate) and the LiteLLM export wrote
+    ``http://fd00::2:8000``, which is not a URL; the gateway already bracketed it."""
+    source = source_of(parse_fleet(IPV6_FLEET, file="fleet.yaml", strict_env=False))
+    units = {u.name: u.url for u in host_manifest(source, "gpu").units}
+    assert units == {"llama": "http://[fd00::2]:8000", "gateway": "http://[fd00::2]:4000"}
+    litellm = yaml.safe_load(render_litellm(source))
+    assert [m["litellm_params"]["api_base"] for m in litellm["model_list"]] == [
+        "http://[fd00::2]:8000/v1"
+    ]
+    gateway = GatewayConfig.from_fleet(source.fleet)
+    assert gateway.deployments["llama"].url == "http://[fd00::2]:8000"
+    for url in (*units.values(), gateway.deployments["llama"].url):
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port) in (("fd00::2", 8000), ("fd00::2", 4000))

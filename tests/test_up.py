@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.cli.up import announce
-from fleetgate.fleetfile import load_fleet
+from fleetgate.fleetfile import load_fleet, parse_fleet
 from fleetgate.local import free_port, local_fleet, localize
 from fleetgate.local.backends import vllm_problems
 
@@ -130,6 +130,36 @@ async def test_announce_shows_every_limit_and_cuts_no_name_when_piped(capsys) ->
     cells = [c.strip() for c in rows["qwen2.5-7b-armitage"].split("│")[1:-1]]
     assert cells[3:] == ["8192", "7000", "768", "80k", "40", "1", "8/30s"]
     assert "tpm" in out and "rpm" in out
+
+
+PARTIAL_DEFAULTS = """
+hosts:
+  box: {gpus: [RTX 4090]}
+deployments:
+  qwen:
+    host: box
+    model: Qwen/Qwen2.5-7B-Instruct-AWQ
+    served_model_name: qwen
+    max_model_len: 4096
+    max_num_seqs: 2
+gateway:
+  host: box
+  defaults: {rpm: 100}
+  routes:
+    chat: {deployments: [qwen]}
+"""
+
+
+async def test_announce_with_partial_gateway_defaults(capsys) -> None:
+    """Regression: ``gateway.defaults: {rpm: 100}`` left queue_depth None and the routes table
+    crashed formatting it; the built-in queue now fills what the defaults leave out."""
+    fleet = parse_fleet(PARTIAL_DEFAULTS).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=10) as running:
+        announce(running)
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
+    cells = [c.strip() for c in rows["chat"].split("│")[1:-1]]
+    assert cells[3:] == ["4096", "–", "–", "–", "100", "2", "16/30s"]
 
 
 def _up(*args: str) -> subprocess.CompletedProcess[str]:
