@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from fleetgate.errors import FleetgateError
-from fleetgate.fleetfile import Fleet
+from fleetgate.fleetfile import Fleet, deployment_url
 from fleetgate.local.simconfig import sim_config_for
 from fleetgate.render import vllm_command
 from fleetgate.sim import SimServer
@@ -164,7 +164,7 @@ async def vllm_backend(
             env=env,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = deployment_url(fleet, name)
     try:
         try:
             await _healthy(url, process, start_timeout_s)

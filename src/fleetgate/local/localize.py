@@ -12,7 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
-from fleetgate.fleetfile import Fleet, has_env_refs, require_gateway
+from fleetgate.fleetfile import Fleet, has_env_refs, http_url, require_gateway
 
 LOOPBACK = "127.0.0.1"
 
@@ -35,7 +35,7 @@ class LocalFleet:
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.gateway_port}"
+        return http_url(LOOPBACK, self.gateway_port)
 
     @property
     def api_key(self) -> str | None:
