@@ -2,11 +2,11 @@
 
 from fleetgate.gateway.app import RunningGateway, create_app, run, serve
 from fleetgate.gateway.config import GatewayConfig
-from fleetgate.gateway.state import Gateway, ReloadError
+from fleetgate.gateway.state import GatewayState, ReloadError
 
 __all__ = [
-    "Gateway",
     "GatewayConfig",
+    "GatewayState",
     "ReloadError",
     "RunningGateway",
     "create_app",

@@ -21,11 +21,11 @@ from fleetgate.gateway.config import GatewayConfig, hash_key
 from fleetgate.gateway.errors import GatewayError, admin_disabled, unauthorized
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import authenticate, completions, tokenize
-from fleetgate.gateway.state import FleetLoader, Gateway, ReloadError
+from fleetgate.gateway.state import FleetLoader, GatewayState, ReloadError
 
 log = logging.getLogger("fleetgate.gateway")
 
-GATEWAY = web.AppKey("gateway", Gateway)
+GATEWAY = web.AppKey("gateway", GatewayState)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -147,7 +147,7 @@ def create_app(
     Access lines go to ``access_stream`` if given, else to the ``fleetgate.gateway.access``
     logger (see :mod:`fleetgate.gateway.accesslog`).
     """
-    gateway = Gateway(GatewayConfig.from_fleet(fleet), loader, access_stream)
+    gateway = GatewayState(GatewayConfig.from_fleet(fleet), loader, access_stream)
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
     app = web.Application(client_max_size=0)
     app[GATEWAY] = gateway
@@ -171,7 +171,7 @@ class RunningGateway:
     app: web.Application
 
     @property
-    def gateway(self) -> Gateway:
+    def gateway(self) -> GatewayState:
         return self.app[GATEWAY]
 
 

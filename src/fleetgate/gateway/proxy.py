@@ -36,7 +36,7 @@ from fleetgate.gateway.errors import (
 from fleetgate.gateway.http import ProtocolError, Response
 from fleetgate.gateway.parse import ParsedRequest, parse_request, parse_tokenize
 from fleetgate.gateway.ratelimit import Quota
-from fleetgate.gateway.state import Gateway
+from fleetgate.gateway.state import GatewayState
 from fleetgate.gateway.upstream import error_message
 
 _JSON_TYPE = "application/json"
@@ -130,7 +130,7 @@ class Admitted:
         self.used = 0
 
 
-async def check_tokens(gw: Gateway, model: ModelConfig, req: ParsedRequest) -> Admitted:
+async def check_tokens(gw: GatewayState, model: ModelConfig, req: ParsedRequest) -> Admitted:
     """Prompt and output limits, counted by the backend unless the byte bound already fits."""
     asked = req.max_tokens
     limit_in, limit_out, context = (
@@ -221,7 +221,7 @@ def _usage_total(usage: object) -> tuple[int, int] | None:
 
 
 async def _recorded(
-    gw: Gateway, endpoint: str, handle: Callable[[_Record], Awaitable[web.StreamResponse]]
+    gw: GatewayState, endpoint: str, handle: Callable[[_Record], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Run one request's handling so that every outcome (an answer, a refusal, a client gone)
     ends in one metrics update and one access-log line."""
@@ -240,7 +240,7 @@ async def _recorded(
 
 
 async def completions(
-    request: web.Request, gw: Gateway, kind: str, path: str
+    request: web.Request, gw: GatewayState, kind: str, path: str
 ) -> web.StreamResponse:
     async def handle(rec: _Record) -> web.StreamResponse:
         config = gw.config
@@ -260,7 +260,7 @@ async def completions(
     return await _recorded(gw, "chat" if kind == "chat" else "completions", handle)
 
 
-async def tokenize(request: web.Request, gw: Gateway) -> web.StreamResponse:
+async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse:
     """The backend's own token count (and max_model_len) for a prompt under a public name, so
     a client can build a prompt of an exact length: the smoke probe does."""
 
@@ -278,7 +278,7 @@ async def tokenize(request: web.Request, gw: Gateway) -> web.StreamResponse:
     return await _recorded(gw, "tokenize", handle)
 
 
-def _resolve(gw: Gateway, key: KeyConfig | None, name: str, rec: _Record) -> ModelConfig:
+def _resolve(gw: GatewayState, key: KeyConfig | None, name: str, rec: _Record) -> ModelConfig:
     """The public model ``name`` if it exists (404), the key may use it (403) and one of its
     deployments is up (503)."""
     config = gw.config
@@ -297,7 +297,7 @@ def _resolve(gw: Gateway, key: KeyConfig | None, name: str, rec: _Record) -> Mod
 
 async def _forward(
     request: web.Request,
-    gw: Gateway,
+    gw: GatewayState,
     model: ModelConfig,
     req: ParsedRequest,
     admitted: Admitted,
@@ -348,7 +348,7 @@ async def _forward(
 
 
 async def _open(
-    gw: Gateway,
+    gw: GatewayState,
     model: ModelConfig,
     req: ParsedRequest,
     admitted: Admitted,
@@ -384,7 +384,7 @@ async def _refuse_upstream(resp: Response) -> web.Response:
 
 
 async def _unary(
-    gw: Gateway,
+    gw: GatewayState,
     model: ModelConfig,
     req: ParsedRequest,
     admitted: Admitted,
@@ -418,7 +418,7 @@ async def _unary(
 
 async def _stream(
     request: web.Request,
-    gw: Gateway,
+    gw: GatewayState,
     model: ModelConfig,
     req: ParsedRequest,
     admitted: Admitted,
@@ -500,7 +500,7 @@ async def _stream_error(out: web.StreamResponse, error: GatewayError) -> None:
         pass
 
 
-def _finish(gw: Gateway, rec: _Record, started: float) -> None:
+def _finish(gw: GatewayState, rec: _Record, started: float) -> None:
     gw.metrics.requests.labels(
         rec.lane or "", rec.endpoint, str(rec.status), rec.reason or ""
     ).inc()

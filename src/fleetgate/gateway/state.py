@@ -29,7 +29,11 @@ class ReloadError(FleetgateError):
     """The new fleet file was refused; the old configuration keeps serving."""
 
 
-class Gateway:
+class GatewayState:
+    """A running gateway's live state: its configuration, admission queues, rate limiter,
+    upstream pool and metrics (the fleet file's ``gateway:`` section is
+    :class:`fleetgate.fleetfile.Gateway`)."""
+
     def __init__(
         self,
         config: GatewayConfig,
