@@ -169,6 +169,20 @@ def _up(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_up_says_why_a_simulated_backend_refuses_to_start(tmp_path: Path) -> None:
+    """The simulator refuses a max_model_len its KV cache cannot hold, as vLLM does: one error
+    line and exit 1, not a traceback."""
+    text = PARTIAL_DEFAULTS.replace("max_model_len: 4096", "max_model_len: 32768").replace(
+        "RTX 4090", "RTX 4060"
+    )
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    result = _up(str(path), "--port", "0")
+    assert result.returncode == 1, result.stderr
+    assert "deployment qwen: max_model_len (32768) does not fit in the KV cache" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_up_refuses_a_port_out_of_range() -> None:
     for port in ("99999", "-5"):
         result = _up(str(HOMELAB), "--port", port)

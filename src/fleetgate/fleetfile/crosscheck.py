@@ -155,8 +155,8 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
             )
 
     if gw.api_keys:
-        for i, key in enumerate(gw.api_keys):
-            for r in key.routes:
+        for i, api_key in enumerate(gw.api_keys):
+            for r in api_key.routes:
                 if r != "*" and r not in names and r not in gw.aliases:
                     add(
                         Problem(

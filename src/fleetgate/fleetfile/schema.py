@@ -150,7 +150,7 @@ def merge_limits(*layers: Limits) -> Limits:
     merged: dict[str, object] = {}
     for layer in layers:
         merged.update({k: v for k in Limits.model_fields if (v := getattr(layer, k)) is not None})
-    return Limits(**merged)
+    return Limits.model_validate(merged)
 
 
 class Route(Limits):

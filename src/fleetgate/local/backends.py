@@ -49,7 +49,10 @@ async def sim_backend(
     fleet: Fleet, name: str, *, speed: float = 1.0, port: int = 0
 ) -> AsyncIterator[LocalBackend]:
     """One simulated deployment on a loopback port (0: a free one)."""
-    config = sim_config_for(fleet, name, speed=speed)
+    try:
+        config = sim_config_for(fleet, name, speed=speed)
+    except ValueError as exc:  # the simulator refuses what vLLM would (e.g. a KV cache too small)
+        raise BackendStartError(f"deployment {name}: {exc}") from None
     async with SimServer(config, host="127.0.0.1", port=port) as sim:
         yield LocalBackend(
             name,
