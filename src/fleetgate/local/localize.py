@@ -51,13 +51,12 @@ def localize(
 
     ``gateway_port`` 0 picks a free port; ``None`` keeps the fleet file's.
     """
-    require_gateway(fleet)
-    assert fleet.gateway is not None
+    gw = require_gateway(fleet)
     chosen = dict(ports or {})
     for name in fleet.deployments:
         if name not in chosen:
             chosen[name] = free_port()
-    port = fleet.gateway.port if gateway_port is None else gateway_port or free_port()
+    port = gw.port if gateway_port is None else gateway_port or free_port()
 
     hosts = {
         name: host.model_copy(update={"address": LOOPBACK, "transport": "local"})
@@ -69,16 +68,16 @@ def localize(
     }
     generated: dict[str, str] = {}
     keys = []
-    for key in fleet.gateway.api_keys:
+    for key in gw.api_keys:
         if has_env_refs(key.key):
             generated[key.name] = "fg-" + secrets.token_urlsafe(24)
             key = key.model_copy(update={"key": generated[key.name]})
         keys.append(key)
-    admin = fleet.gateway.admin_key
+    admin = gw.admin_key
     if has_env_refs(admin):
         admin = "fg-admin-" + secrets.token_urlsafe(24)
         generated["admin"] = admin
-    gateway = fleet.gateway.model_copy(
+    gateway = gw.model_copy(
         update={"listen": LOOPBACK, "port": port, "api_keys": keys, "admin_key": admin or None}
     )
     local = Fleet.model_validate(
