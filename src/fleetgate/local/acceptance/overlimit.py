@@ -96,9 +96,9 @@ async def over_limit_criterion(target: Target, fleet: Fleet) -> Criterion:
     # A queue overflow: more clients than slots plus queue, no retries: 200s and 429s only.
     route = min(
         (pm for pm in public_models(fleet).values() if pm.kind == "route"),
-        key=lambda pm: (pm.limits.queue_depth or 0) + (pm.limits.concurrency or 0),
+        key=lambda pm: pm.limits.queue_depth + (pm.limits.concurrency or 0),
     )
-    overflow = (route.limits.queue_depth or 0) + (route.limits.concurrency or 1) + 8
+    overflow = route.limits.queue_depth + (route.limits.concurrency or 1) + 8
     burst = await run_burst(
         target.url,
         BurstConfig(
