@@ -6,6 +6,9 @@ and embedders capture it the usual way. A service hands the gateway a stream ins
 ``serve``'s logging setup gives its other lines, are collected, and go out in one write after
 the current event-loop turn. At thousands of requests a second, a logging record with its lock,
 formatter and flush per line costs a third of what the rest of a request does.
+
+What a line says is an :class:`AccessRecord`, filled in as the request moves through the
+gateway and written once when it ends, whatever way it ends.
 """
 
 from __future__ import annotations
@@ -14,11 +17,50 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 NAME = "fleetgate.gateway.access"
 _logger = logging.getLogger(NAME)
 log = logging.getLogger("fleetgate.gateway")
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """One request as its access-log line tells it: the key's name, never the key."""
+
+    endpoint: str  # as /metrics labels it: chat, completions, tokenize
+    model: str | None = None  # the public name asked for, once it resolved
+    lane: str | None = None
+    deployment: str | None = None  # the one that answered (after retries)
+    key: str | None = None
+    status: int = 0  # 499 when the client went away first
+    reason: str | None = None  # why it was refused or failed
+    stream: bool = False
+    attempts: int = 0
+    queue_wait_s: float | None = None
+    ttft_s: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+    def line(self, duration_s: float) -> dict[str, Any]:
+        """The JSON object of the log line (spelled out: ``dataclasses.asdict`` deep-copies)."""
+        return {
+            "attempts": self.attempts,
+            "deployment": self.deployment,
+            "endpoint": self.endpoint,
+            "key": self.key,
+            "lane": self.lane,
+            "model": self.model,
+            "queue_wait_s": self.queue_wait_s,
+            "reason": self.reason,
+            "status": self.status,
+            "stream": self.stream,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "ttft_s": self.ttft_s,
+            "duration_s": duration_s,
+        }
 
 
 class AccessLog:

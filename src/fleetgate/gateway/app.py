@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import signal
@@ -17,10 +16,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from fleetgate.fleetfile import Fleet, http_url, reachable
-from fleetgate.gateway.config import GatewayConfig, hash_key
-from fleetgate.gateway.errors import GatewayError, admin_disabled, unauthorized
+from fleetgate.gateway.auth import authenticate, authenticate_admin
+from fleetgate.gateway.config import GatewayConfig
+from fleetgate.gateway.errors import GatewayError
 from fleetgate.gateway.metrics import CONTENT_TYPE
-from fleetgate.gateway.proxy import authenticate, completions, tokenize
+from fleetgate.gateway.proxy import completions, tokenize
 from fleetgate.gateway.state import FleetLoader, GatewayState, ReloadError
 
 log = logging.getLogger("fleetgate.gateway")
@@ -35,11 +35,11 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await completions(request, request.app[GATEWAY], "chat", "/v1/chat/completions")
+    return await completions(request, request.app[GATEWAY], "chat")
 
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
-    return await completions(request, request.app[GATEWAY], "completion", "/v1/completions")
+    return await completions(request, request.app[GATEWAY], "completion")
 
 
 async def tokenize_prompt(request: web.Request) -> web.StreamResponse:
@@ -93,12 +93,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def admin_reload(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    expected = gw.config.admin_key_hash
-    if expected is None:
-        return admin_disabled("admin endpoints are disabled: set gateway.admin_key").response()
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(hash_key(token.strip()), expected):
-        return unauthorized("admin key missing or wrong").response()
+    try:
+        authenticate_admin(gw.config, request)
+    except GatewayError as exc:
+        return exc.response()
     try:
         config = await gw.reload()
     except ReloadError as exc:

@@ -18,9 +18,21 @@ bound from the text alone:
 
 If the bound is within every limit the request is admitted on it (and TPM reserves the bound,
 settled on the real usage later); otherwise the backend counts.
+
+:func:`check_tokens` is that admission step: the prompt and output limits of a public model,
+and what the request reserves against TPM.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fleetgate.gateway.errors import bad_request, context_length
+
+if TYPE_CHECKING:  # parse imports the bounds below
+    from fleetgate.gateway.config import ModelConfig
+    from fleetgate.gateway.parse import ParsedRequest
+    from fleetgate.gateway.upstream import Upstream
 
 TEMPLATE_ALLOWANCE = 512
 MESSAGE_ALLOWANCE = 32
@@ -43,3 +55,78 @@ def chat_token_bound(texts: list[str], messages: int) -> int:
 
 def prompt_token_bound(text: str) -> int:
     return text_token_bound(text) + PROMPT_ALLOWANCE
+
+
+class Admitted:
+    """A request that passed the token checks: what it reserves and what it may generate."""
+
+    __slots__ = ("max_tokens", "prompt_tokens", "reserved", "used")
+
+    def __init__(self, prompt_tokens: int, max_tokens: int | None, reserved: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.reserved = reserved
+        # Settled at the end: nothing if the backend never answered 200, the reservation if it
+        # answered without usage, the real usage when it reported one.
+        self.used = 0
+
+
+async def check_tokens(upstream: Upstream, model: ModelConfig, req: ParsedRequest) -> Admitted:
+    """Prompt and output limits, counted by the backend unless the byte bound already fits."""
+    asked = req.max_tokens
+    limit_in, limit_out, context = (
+        model.max_input_tokens,
+        model.max_output_tokens,
+        model.max_model_len,
+    )
+    bound = req.bound
+    needed_out = asked or limit_out or 1
+    if asked is not None and limit_out is not None and asked > limit_out:
+        needed_out = limit_out if model.clamp_max_tokens else asked
+    if (
+        bound is not None
+        and (limit_in is None or bound <= limit_in)
+        and (context is None or bound + needed_out <= context)
+    ):
+        prompt = bound
+    else:
+        lengths = req.token_id_prompt_lengths()
+        for payload in req.tokenize_payloads():
+            lengths.append(await upstream.count_tokens(model.deployments, payload))
+        prompt = max(lengths)
+    param = "messages" if req.kind == "chat" else "prompt"
+    if limit_in is not None and prompt > limit_in:
+        raise context_length(
+            f"the prompt is {prompt} tokens, over the maximum of {limit_in} input tokens "
+            f"allowed on {model.name!r}",
+            param=param,
+        )
+    max_tokens = asked
+    if asked is not None and limit_out is not None and asked > limit_out:
+        if not model.clamp_max_tokens:
+            raise bad_request(
+                f"max_tokens={asked} is over the maximum of {limit_out} output tokens "
+                f"allowed on {model.name!r}",
+                param="max_tokens",
+                code="max_tokens_exceeded",
+            )
+        max_tokens = limit_out
+    if context is not None:
+        if max_tokens is not None and prompt + max_tokens > context:
+            raise context_length(
+                f"the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) is "
+                f"{prompt + max_tokens} tokens, over the model's context length of {context} "
+                "tokens",
+                param="max_tokens",
+            )
+        if max_tokens is None and prompt >= context:
+            raise context_length(
+                f"the prompt ({prompt} tokens) leaves no room to answer within the model's "
+                f"context length of {context} tokens",
+                param=param,
+            )
+    if max_tokens is None and limit_out is not None:
+        max_tokens = limit_out if context is None else min(limit_out, context - prompt)
+    out = max_tokens if max_tokens is not None else (context - prompt if context else 0)
+    reserved = req.prompts * (prompt + req.n * out)
+    return Admitted(prompt, max_tokens, reserved)

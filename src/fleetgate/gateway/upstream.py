@@ -12,7 +12,8 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
@@ -46,7 +47,8 @@ def error_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
-class Tokenized(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Tokenized:
     """A backend's ``/tokenize`` answer: who counted, the count, and the whole body."""
 
     deployment: str

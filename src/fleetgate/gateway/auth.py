@@ -1,0 +1,46 @@
+"""Who is calling: the client's API key on the model endpoints, the admin key on ``/admin``.
+
+Keys are compared as digests (see :func:`fleetgate.gateway.config.hash_key`), so a raw key is
+never kept, logged or compared as it was sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from fleetgate.gateway.config import GatewayConfig, KeyConfig, hash_key
+from fleetgate.gateway.errors import admin_disabled, unauthorized
+
+
+def authenticate(config: GatewayConfig, request: web.Request) -> KeyConfig | None:
+    """The caller's key, or 401. An open gateway (no keys configured) admits everyone."""
+    if config.open:
+        return None
+    header = request.headers.get("Authorization")
+    token = ""
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            token = ""
+    else:
+        token = request.headers.get("x-api-key", "")
+    token = token.strip()
+    if not token:
+        raise unauthorized("missing API key: send it as 'Authorization: Bearer <key>'")
+    key = config.keys.get(hash_key(token))
+    if key is None:
+        raise unauthorized("the API key is not valid")
+    return key
+
+
+def authenticate_admin(config: GatewayConfig, request: web.Request) -> None:
+    """Return if the request carries the admin key; 403 when no admin key is configured (the
+    endpoints are off), 401 when it is missing or wrong."""
+    expected = config.admin_key_hash
+    if expected is None:
+        raise admin_disabled("admin endpoints are disabled: set gateway.admin_key")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(hash_key(token.strip()), expected):
+        raise unauthorized("admin key missing or wrong")
