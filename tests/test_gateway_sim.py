@@ -449,6 +449,30 @@ async def test_a_crashed_deployment_is_retried_elsewhere_then_marked_down(client
             a.set_faults("ok")
 
 
+async def test_retries_that_moved_and_failed_give_back_the_slot_they_hold(client) -> None:
+    # The first attempt's slot is handed back when a retry moves to another deployment; the
+    # slot of the deployment that failed last is the one the request still holds.
+    big = sim_config(max_model_len=4096)  # short prompts admitted on their bound: no /tokenize
+    async with SimServer(big) as a, SimServer(big) as b:
+        doc = sim_fleet(
+            {"a": (a.port, 4096, 4), "b": (b.port, 4096, 4)},
+            {ROUTE: {"deployments": ["a", "b"]}},
+            api_keys=[{"name": "owner", "key": KEY}],
+            health={"interval_s": 30, "unhealthy_after": 10},
+            retries=1,  # a -> b, then 502: the request ends holding b's slot, not a's
+        )
+        async with gateway(doc) as gw:
+            a.set_faults("crash")
+            b.set_faults("crash")
+            status, body, _ = await post(client, gw.url, chat(max_tokens=3))
+            assert_error(status, body, 502, "attempt")
+            pools = gw.gateway.admission.pools
+            assert (pools["a"].in_use, pools["b"].in_use) == (0, 0)
+            assert (pools["a"].running_since, pools["b"].running_since) == ([], [])
+            a.set_faults("ok")
+            b.set_faults("ok")
+
+
 async def test_503_from_a_backend_is_retried_on_another_deployment(sim, client, caplog) -> None:
     from aiohttp import web
 

@@ -35,7 +35,11 @@ _UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completion
 
 
 class Exchange:
-    """A completion request that passed the token checks, on its way through a deployment."""
+    """A completion request that passed the token checks, on its way through a deployment.
+
+    It is the :class:`~fleetgate.gateway.upstream.SlotHolder` of its upstream send: a retry
+    moves ``pool`` in place, so the slot given back at the end is the one really held.
+    """
 
     __slots__ = (
         "_admitted",
@@ -43,14 +47,14 @@ class Exchange:
         "_model",
         "_out",
         "_payload",
-        "_pool",
         "_quota",
         "_req",
         "_request",
         "_served",
+        "pool",
         "record",
     )
-    _pool: SlotPool  # set once a slot is held; a retry may swap it for another deployment's
+    pool: SlotPool  # set once a slot is held; a retry moves it to another deployment's
 
     def __init__(
         self,
@@ -84,7 +88,7 @@ class Exchange:
         await gw.limiter.reserve(quota, admitted.reserved)
         queued_at = perf_counter()
         try:
-            self._pool = await gw.admission.acquire(
+            self.pool = await gw.admission.acquire(
                 model.lane,
                 model.deployments,
                 model.queue_depth,
@@ -121,10 +125,10 @@ class Exchange:
             await _stream_error(self._out, error)
             return self._out
         finally:
-            gw.admission.release(self._pool, perf_counter() - got_slot)
+            gw.admission.release(self.pool, perf_counter() - got_slot)
             await gw.limiter.settle(quota, admitted.reserved, admitted.used)
 
-    def _payload_for(self, served: str) -> bytes:
+    def payload_for(self, served: str) -> bytes:
         """The upstream body for a deployment's served name (built again only if a retry moves
         to a deployment that serves the model under another name)."""
         if served != self._served:
@@ -135,10 +139,8 @@ class Exchange:
     async def _open(self) -> Response:
         gw, rec = self._gw, self.record
         path = _UPSTREAM_PATHS[self._req.kind]
-        resp, pool, attempts = await gw.upstream.send(
-            self._pool, self._model.deployments, path, self._payload_for
-        )
-        self._pool = pool
+        resp, attempts = await gw.upstream.send(self, self._model.deployments, path)
+        pool = self.pool
         rec.deployment, rec.attempts = pool.name, attempts
         if attempts > 1:
             gw.metrics.retries.labels(pool.name).inc(attempts - 1)
@@ -155,7 +157,7 @@ class Exchange:
             body = await resp.read()  # on cancellation (client gone) it drops the connection
         except ProtocolError as exc:
             raise bad_gateway(f"the backend dropped the answer: {exc}") from None
-        self._gw.metrics.upstream_latency.labels(self._pool.name).observe(perf_counter() - sent)
+        self._gw.metrics.upstream_latency.labels(self.pool.name).observe(perf_counter() - sent)
         admitted.used = admitted.reserved
         try:
             usage = _usage_total(json.loads(body).get("usage"))
@@ -189,7 +191,7 @@ class Exchange:
                 if first:
                     first = False
                     rec.ttft_s = ttft = perf_counter() - sent
-                    gw.metrics.ttft.labels(self._pool.name).observe(ttft)
+                    gw.metrics.ttft.labels(self.pool.name).observe(ttft)
                 if skip_blank:
                     skip_blank = False
                     if not line.strip():
@@ -218,7 +220,7 @@ class Exchange:
                 resp.release()
             else:
                 resp.close()  # drop the connection so the backend aborts the generation
-            gw.metrics.upstream_latency.labels(self._pool.name).observe(perf_counter() - sent)
+            gw.metrics.upstream_latency.labels(self.pool.name).observe(perf_counter() - sent)
         return out
 
 

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
@@ -54,6 +54,16 @@ class Tokenized:
     deployment: str
     count: int
     body: dict[str, Any]
+
+
+class SlotHolder(Protocol):
+    """What a send needs from the request it serves: the slot it holds, which a retry moves to
+    another deployment in place (so the holder always gives back the slot it really holds),
+    and its body for a deployment's served model name."""
+
+    pool: SlotPool
+
+    def payload_for(self, served_model: str) -> bytes: ...
 
 
 class Upstream:
@@ -144,33 +154,31 @@ class Upstream:
     # -- requests -----------------------------------------------------------------------------
 
     async def send(
-        self,
-        pool: SlotPool,
-        candidates: tuple[str, ...],
-        path: str,
-        payload_for: Callable[[str], bytes],
-    ) -> tuple[Response, SlotPool, int]:
-        """POST to a deployment, retrying where that is safe.
+        self, holder: SlotHolder, candidates: tuple[str, ...], path: str
+    ) -> tuple[Response, int]:
+        """POST to the deployment of the holder's slot, retrying where that is safe.
 
-        Returns the open response (the caller reads and releases it), the slot pool it came
-        from (a retry may move to another deployment) and how many attempts it took.
+        Returns the open response (the caller reads and releases it) and how many attempts it
+        took; ``holder.pool`` is then the slot it came from (a retry may move to another
+        deployment), and stays the slot held if this raises.
         """
         last = "no attempt made"
         attempt = 0
         while True:
+            pool = holder.pool
             dep = self.deployments.get(pool.name)
             if dep is None:
                 raise bad_gateway(f"deployment {pool.name!r} was removed by a reload")
             try:
                 resp = await self.client.request(
-                    "POST", dep.url, path, payload_for(dep.served_model)
+                    "POST", dep.url, path, holder.payload_for(dep.served_model)
                 )
             except _CONNECTION_ERRORS as exc:
                 self.record(dep.name, False)
                 last = f"deployment {dep.name!r}: {exc.__class__.__name__}: {exc}"
             else:
                 if resp.status not in RETRYABLE_STATUS:
-                    return resp, pool, attempt + 1
+                    return resp, attempt + 1
                 body = await resp.read()
                 last = f"deployment {dep.name!r} answered {resp.status}: {error_message(body)}"
             if attempt >= self.retries:
@@ -180,7 +188,7 @@ class Upstream:
             other = self.admission.try_acquire(candidates, exclude=pool.name)
             if other is not None:
                 self.admission.release(pool)
-                pool = other
+                holder.pool = other
 
     async def count_tokens(self, candidates: tuple[str, ...], payload: dict[str, Any]) -> int:
         """The backend's token count for one prompt (chat template applied for messages)."""
