@@ -132,7 +132,7 @@ class Exchange:
         """The upstream body for a deployment's served name (built again only if a retry moves
         to a deployment that serves the model under another name)."""
         if served != self._served:
-            self._payload = upstream_payload(self._req, self._admitted, served)
+            self._payload = _upstream_payload(self._req, self._admitted, served)
             self._served = served
         return self._payload
 
@@ -224,7 +224,7 @@ class Exchange:
         return out
 
 
-def upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str) -> bytes:
+def _upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str) -> bytes:
     """The client's body for one deployment: its served name, the effective max_tokens, and
     usage always requested on streams (the gateway settles TPM on it)."""
     body = req.body
