@@ -78,13 +78,8 @@ class Exchange:
 
     async def run(self) -> web.StreamResponse:
         """Reserve RPM/TPM, hold a slot, talk to the backend, settle on what was really used."""
-        gw, model, admitted, quota, rec = (
-            self._gw,
-            self._model,
-            self._admitted,
-            self._quota,
-            self.record,
-        )
+        gw, model, rec = self._gw, self._model, self.record
+        admitted, quota = self._admitted, self._quota
         await gw.limiter.reserve(quota, admitted.reserved)
         queued_at = perf_counter()
         try:
