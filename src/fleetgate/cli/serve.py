@@ -32,6 +32,7 @@ def serve(
     refused and the running configuration keeps serving.
     """
     from fleetgate.gateway import run
+    from fleetgate.plan import fleet_memory
 
     load_or_exit(fleet)
     try:
@@ -41,4 +42,10 @@ def serve(
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     err_console.print(f"serving {fleet}", highlight=False)
-    run(checked, host=host, port=port, loader=lambda: _checked(fleet))
+    run(
+        checked,
+        host=host,
+        port=port,
+        loader=lambda: _checked(fleet),
+        gpu_memory=fleet_memory(checked),
+    )

@@ -7,15 +7,16 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from fleetgate.fleetfile import Fleet, http_url, reachable
+from fleetgate.gateway import ui
 from fleetgate.gateway.auth import authenticate, authenticate_admin
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.errors import GatewayError
@@ -123,6 +124,15 @@ async def fallback(request: web.Request) -> web.Response:
     ).response()
 
 
+def _with_gateway(
+    handler: Callable[[web.Request, GatewayState], Awaitable[web.StreamResponse]],
+) -> Handler:
+    async def bound(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.app[GATEWAY])
+
+    return bound
+
+
 # Every endpoint once: the router is built from this table, and the fallback's 405 reads it.
 _ENDPOINTS: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/chat/completions", chat_completions),
@@ -133,19 +143,26 @@ _ENDPOINTS: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/health/ready", ready),
     ("GET", "/metrics", metrics),
     ("POST", "/admin/reload", admin_reload),
+    *((method, path, _with_gateway(handler)) for method, path, handler in ui.ENDPOINTS),
 )
 _METHODS = {path: (method,) for method, path, _ in _ENDPOINTS}
 
 
 def create_app(
-    fleet: Fleet, *, loader: FleetLoader | None = None, access_stream: TextIO | None = None
+    fleet: Fleet,
+    *,
+    loader: FleetLoader | None = None,
+    access_stream: TextIO | None = None,
+    gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """The gateway for a fleet that passed ``check_fleet``; ``loader`` re-reads it on reload.
 
     Access lines go to ``access_stream`` if given, else to the ``fleetgate.gateway.access``
-    logger (see :mod:`fleetgate.gateway.accesslog`).
+    logger (see :mod:`fleetgate.gateway.accesslog`). ``gpu_memory``: the plan's memory split
+    per deployment, as plain data, for the /ui page (the gateway does not plan).
     """
     gateway = GatewayState(GatewayConfig.from_fleet(fleet), loader, access_stream)
+    gateway.monitor.gpu_memory = {name: dict(split) for name, split in (gpu_memory or {}).items()}
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
     app = web.Application(client_max_size=0)
     app[GATEWAY] = gateway
@@ -181,13 +198,14 @@ async def serve(
     port: int = 0,
     loader: FleetLoader | None = None,
     access_stream: TextIO | None = None,
+    gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """Run the gateway on this event loop until the block ends (port 0: any free port).
 
     Handlers are cancelled when their client disconnects: that is what frees a queue place or
     a backend slot, and closes the upstream request, the moment a client goes away.
     """
-    app = create_app(fleet, loader=loader, access_stream=access_stream)
+    app = create_app(fleet, loader=loader, access_stream=access_stream, gpu_memory=gpu_memory)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
@@ -205,6 +223,7 @@ def run(
     host: str | None = None,
     port: int | None = None,
     loader: FleetLoader | None = None,
+    gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP reloads the fleet file through ``loader``.
 
@@ -223,7 +242,12 @@ def run(
         pending: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         async with serve(
-            fleet, host=listen, port=port, loader=loader, access_stream=sys.stderr
+            fleet,
+            host=listen,
+            port=port,
+            loader=loader,
+            access_stream=sys.stderr,
+            gpu_memory=gpu_memory,
         ) as running:
             gw = running.gateway
 

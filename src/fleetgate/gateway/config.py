@@ -32,6 +32,8 @@ class DeploymentConfig:
     served_model: str
     max_model_len: int | None
     concurrency: int
+    host: str = ""
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class GatewayConfig:
                 served_model=dep.public_name(name),
                 max_model_len=dep.max_model_len,
                 concurrency=slots,
+                host=dep.host,
+                model=dep.model,
             )
         keys = {hash_key(k.key): KeyConfig(k.name, frozenset(k.routes)) for k in gw.api_keys}
         return cls(

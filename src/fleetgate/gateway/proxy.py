@@ -128,8 +128,11 @@ def _finish(gw: GatewayState, rec: AccessRecord, started: float) -> None:
         rec.lane or "", rec.endpoint, str(rec.status), rec.reason or ""
     ).inc()
     counted = rec.endpoint != "tokenize"  # a count asked for is not a token served
+    served_in = served_out = 0
     if counted and rec.tokens_in is not None and rec.lane is not None and rec.status == 200:
-        gw.metrics.tokens.labels(rec.lane, "in").inc(rec.tokens_in)
-        if rec.tokens_out:
-            gw.metrics.tokens.labels(rec.lane, "out").inc(rec.tokens_out)
+        served_in, served_out = rec.tokens_in, rec.tokens_out or 0
+        gw.metrics.tokens.labels(rec.lane, "in").inc(served_in)
+        if served_out:
+            gw.metrics.tokens.labels(rec.lane, "out").inc(served_out)
+    gw.monitor.keys.record(rec.key, rec.status, served_in, served_out)
     gw.access_log.write(rec.line(round(perf_counter() - started, 6)))

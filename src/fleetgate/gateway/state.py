@@ -18,6 +18,7 @@ from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import RateLimiter, make_rate_limiter
+from fleetgate.gateway.snapshot import Monitor
 from fleetgate.gateway.upstream import Upstream
 
 log = logging.getLogger("fleetgate.gateway")
@@ -45,6 +46,7 @@ class GatewayState:
         self.access_log = AccessLog(access_stream)
         self.admission = Admission()
         self.metrics = GatewayMetrics(self.admission)
+        self.monitor = Monitor(self.metrics)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
         self.limiter: RateLimiter = make_rate_limiter(config.redis_url)
         self._reload_lock = asyncio.Lock()
@@ -64,8 +66,10 @@ class GatewayState:
                 "Add gateway.api_keys to the fleet file."
             )
         await self.upstream.start()
+        self.monitor.start()
 
     async def close(self) -> None:
+        await self.monitor.close()
         await self.upstream.close()
         await self.limiter.close()
         self.access_log.flush()

@@ -18,6 +18,7 @@ from fleetgate.local.backends import (
     vllm_problems,
 )
 from fleetgate.local.localize import LOOPBACK, LocalFleet, localize
+from fleetgate.plan import fleet_memory
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ async def local_fleet(
                 started = vllm_backend(local.fleet, name, log_dir=log_dir)
             backends[name] = await stack.enter_async_context(started)
         gateway = await stack.enter_async_context(
-            serve(local.fleet, host=LOOPBACK, port=local.gateway_port)
+            serve(
+                local.fleet,
+                host=LOOPBACK,
+                port=local.gateway_port,
+                gpu_memory=fleet_memory(local.fleet),
+            )
         )
         yield RunningFleet(local, backends, gateway.url)

@@ -1,6 +1,8 @@
-"""Drawing a GPU's memory split as a bar, for terminals."""
+"""Drawing a GPU's memory split as a bar, for terminals; the same split as data, for pages."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rich.text import Text
 
@@ -40,3 +42,16 @@ def memory_bar(plan: DeploymentPlan, width: int = 60) -> Text:
         legend.append(f" {char} ", style=style)
         legend.append(f"{label} {shown:.2f}" + (" (over budget)" if shown < 0 else ""))
     return Text.assemble(bar, "\n", legend)
+
+
+def memory_split(plan: DeploymentPlan) -> dict[str, Any]:
+    """The bar's segments as plain data (the gateway's /ui page draws it; it does not plan)."""
+    return {
+        "gpu": plan.gpu,
+        "total_gib": plan.gpu_memory_gib,
+        "fits": plan.fits,
+        "segments": [
+            {"label": label, "gib": round(float(getattr(plan, attr)), 2)}
+            for label, attr, _, _ in SEGMENTS
+        ],
+    }

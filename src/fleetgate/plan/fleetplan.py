@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fleetgate.fleetfile import Fleet, Problem
 from fleetgate.models import UnknownModelError, load_model_info
+from fleetgate.plan.display import memory_split
 from fleetgate.plan.memory import DeploymentPlan, PlanInput, parse_vllm_version, plan_deployment
 
 
@@ -34,6 +37,18 @@ def plan_input(fleet: Fleet, name: str) -> PlanInput:
 def plan_fleet(fleet: Fleet) -> list[DeploymentPlan]:
     """A plan for every deployment, in file order."""
     return [plan_deployment(plan_input(fleet, name)) for name in fleet.deployments]
+
+
+def fleet_memory(fleet: Fleet) -> dict[str, dict[str, Any]]:
+    """Each plannable deployment's GPU memory split as plain data, for the gateway's page
+    (a model the planner does not know is left out rather than guessed)."""
+    split = {}
+    for name in fleet.deployments:
+        try:
+            split[name] = memory_split(plan_deployment(plan_input(fleet, name)))
+        except UnknownModelError:
+            continue
+    return split
 
 
 def plan_problems(fleet: Fleet) -> list[Problem]:
