@@ -33,6 +33,7 @@ from fleetgate.render import (
     host_manifest,
     render_host,
     render_litellm,
+    render_monitoring,
     source_of,
     vllm_command,
     words,
@@ -48,6 +49,7 @@ def _render_all(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     source = source_of(load_fleet(FLEET, strict_env=False))
     files = {f"{h}/{p}": t for h in source.fleet.hosts for p, t in render_host(source, h).items()}
     files["litellm.config.yaml"] = render_litellm(source)
+    files.update(render_monitoring(source))
     return files
 
 

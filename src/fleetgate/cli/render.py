@@ -8,7 +8,13 @@ import typer
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.render import RenderError, render_host, render_litellm, source_of
+from fleetgate.render import (
+    RenderError,
+    render_host,
+    render_litellm,
+    render_monitoring,
+    source_of,
+)
 
 
 @app.command(rich_help_panel="Ship")
@@ -20,7 +26,9 @@ def render(
     """Write every host's launch artifacts and the LiteLLM config export.
 
     OUT/<host>/ holds what deploy would install there; OUT/litellm.config.yaml the routes as a
-    LiteLLM proxy config. Same fleet file, byte-identical output; no secret is ever written.
+    LiteLLM proxy config; OUT/monitoring/ a Prometheus scrape config for the gateway and every
+    vLLM, and a Grafana dashboard over both. Same fleet file, byte-identical output; no secret
+    is ever written.
     """
     try:
         source = source_of(load_or_exit(fleet, strict_env=False))
@@ -38,6 +46,9 @@ def render(
                 written[out / name / relative] = text
         if source.fleet.gateway is not None and not host:
             written[out / "litellm.config.yaml"] = render_litellm(source)
+        if not host:
+            for path, text in render_monitoring(source).items():
+                written[out / path] = text
     except RenderError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

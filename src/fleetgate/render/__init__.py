@@ -11,6 +11,7 @@ from fleetgate.render.manifest import (
     VllmUnit,
     host_manifest,
 )
+from fleetgate.render.monitoring import render_monitoring
 from fleetgate.render.source import RenderError, Source, source_of
 from fleetgate.render.vllm import VllmCommand, vllm_command
 
@@ -27,6 +28,7 @@ __all__ = [
     "host_manifest",
     "render_host",
     "render_litellm",
+    "render_monitoring",
     "source_of",
     "vllm_command",
 ]
