@@ -216,8 +216,15 @@ async def test_burst_through_the_gateway_counts_streams_and_latencies() -> None:
     assert s["ttft_s"]["count"] == 30 and s["itl_s"]["count"] > 0
     assert all(r.completion_tokens and 1 <= r.completion_tokens <= 24 for r in report.results)
     assert s["output_tokens"] == sum(r.completion_tokens or 0 for r in report.results)
+    # the gateway says how long each request queued (2 slots, 20 clients: most of them did),
+    # and the client's TTFT, measured from its send, includes that wait
+    assert s["queue_wait_s"]["count"] == 30 and s["queue_wait_s"]["max"] > 0
+    assert all(r.ttft_s is not None and r.queue_wait_s is not None for r in report.results)
+    assert all(r.ttft_s >= r.queue_wait_s for r in report.results)  # type: ignore[operator]
     page = burst_html(report)
     assert page.count("<svg") >= 4 and "http://www.w3.org/2000/svg" in page
+    assert "time to first token (includes the gateway queue wait)" in page
+    assert "gateway queue wait (x-fleetgate-queue-wait-ms)" in page
     assert "<script" not in page and "src=" not in page  # self-contained: nothing fetched
 
 

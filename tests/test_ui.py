@@ -95,14 +95,16 @@ async def test_state_needs_the_admin_key_and_counts_what_happened(sim: SimServer
         async with s.get(gw.url + "/ui/state", headers={"Authorization": f"Bearer {KEY}"}) as r:
             assert r.status == 401
         chat = {"model": "tiny-route", "messages": [{"role": "user", "content": "hi"}]}
-        for _ in range(3):
+        for stream in (True, True, False):
             async with s.post(
                 gw.url + "/v1/chat/completions",
-                json={**chat, "stream": True},
+                json={**chat, "stream": stream},
                 headers={"Authorization": f"Bearer {KEY}"},
             ) as r:
                 assert r.status == 200
                 await r.read()
+                # the answer says how long it queued at the gateway (burst reports show it)
+                assert float(r.headers["x-fleetgate-queue-wait-ms"]) >= 0
         async with s.get(gw.url + "/ui/state", headers=admin) as r:
             assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
             state = await r.json()

@@ -25,7 +25,7 @@ from fleetgate.probes import (
     target_from_fleet,
     target_from_url,
 )
-from fleetgate.probes.html import burst_html
+from fleetgate.probes.html import LATENCY_ROWS, burst_html
 
 TARGET_HELP = "the gateway's URL (http://host:port), or a fleet file (aims at its gateway)"
 KEY_HELP = "API key (default: $FLEETGATE_API_KEY, else the fleet file's first key)"
@@ -141,7 +141,7 @@ def print_burst(report: BurstReport) -> None:
     table.add_column("metric")
     for q in ("p50", "p90", "p95", "p99", "max"):
         table.add_column(q, justify="right")
-    for name, key in (("TTFT", "ttft_s"), ("inter-token", "itl_s"), ("end to end", "e2e_s")):
+    for name, key in LATENCY_ROWS:
         row = s[key]
         table.add_row(name, *(_ms(row[q]) for q in ("p50", "p90", "p95", "p99", "max")))
     console.print(table)

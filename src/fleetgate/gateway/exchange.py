@@ -30,6 +30,8 @@ from fleetgate.gateway.upstream import error_message
 JSON_TYPE = "application/json"
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one for every upstream body
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+# how long the request waited at the gateway for a slot: a client's TTFT includes it
+QUEUE_WAIT_HEADER = "x-fleetgate-queue-wait-ms"
 # vLLM serves the OpenAI paths: a request goes upstream under the path it came in on.
 _UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
@@ -163,7 +165,8 @@ class Exchange:
             admitted.used = usage[0] + usage[1]
         rec.status = 200
         return web.Response(
-            body=body, headers={"Content-Type": resp.headers.get("content-type", JSON_TYPE)}
+            body=body,
+            headers={"Content-Type": resp.headers.get("content-type", JSON_TYPE), **_waited(rec)},
         )
 
     async def _stream(self) -> web.StreamResponse:
@@ -173,7 +176,7 @@ class Exchange:
         if resp.status != 200:
             rec.status, rec.reason = resp.status, "upstream_refused"
             return await _refuse_upstream(resp)
-        out = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **_waited(rec)})
         admitted.used = admitted.reserved
         finished = False
         try:
@@ -217,6 +220,11 @@ class Exchange:
                 resp.close()  # drop the connection so the backend aborts the generation
             gw.metrics.upstream_latency.labels(self.pool.name).observe(perf_counter() - sent)
         return out
+
+
+def _waited(rec: AccessRecord) -> dict[str, str]:
+    wait = rec.queue_wait_s
+    return {} if wait is None else {QUEUE_WAIT_HEADER: f"{wait * 1000:.1f}"}
 
 
 def _upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str) -> bytes:

@@ -57,7 +57,8 @@ class RequestResult:
     message: str = ""
     attempts: int = 0
     got_429: int = 0
-    ttft_s: float | None = None
+    ttft_s: float | None = None  # from the first send: includes time queued at the gateway
+    queue_wait_s: float | None = None  # the gateway's queue wait (its x-fleetgate-queue-wait-ms)
     itl_s: list[float] = field(default_factory=list)
     e2e_s: float = 0.0
     prompt_tokens: int | None = None
@@ -97,6 +98,7 @@ class BurstReport:
             "output_tokens_per_s": tokens / wall,
             "output_tokens": tokens,
             "ttft_s": summarize([r.ttft_s for r in ok if r.ttft_s is not None]),
+            "queue_wait_s": summarize([r.queue_wait_s for r in ok if r.queue_wait_s is not None]),
             "itl_s": summarize([x for r in ok for x in r.itl_s]),
             "e2e_s": summarize([r.e2e_s for r in ok]),
         }
@@ -173,7 +175,7 @@ class _Run:
         result.code, result.message, result.itl_s = "ok", "", []
         if not self.config.stream:
             reply = await self.api.chat(body, timeout_s=timeout)
-            result.status = reply.status
+            result.status, result.queue_wait_s = reply.status, reply.queue_wait_s()
             if not reply.ok:
                 result.code, result.message = reply.error_code, reply.message
                 return reply
@@ -182,7 +184,7 @@ class _Run:
             result.completion_tokens = usage.get("completion_tokens")
             return None
         reply, events = await self.api.stream_chat(body, timeout_s=timeout)
-        result.status = reply.status
+        result.status, result.queue_wait_s = reply.status, reply.queue_wait_s()
         if events is None:
             result.code, result.message = reply.error_code, reply.message
             return reply

@@ -111,6 +111,16 @@ def per_second(report: BurstReport) -> tuple[list[float], list[float]]:
     return done, tokens
 
 
+# Times are measured by the client from its first send, so they include the wait in the
+# gateway's queue; the gateway says how long that was, shown on its own row.
+LATENCY_ROWS = (
+    ("time to first token (includes the gateway queue wait)", "ttft_s"),
+    ("gateway queue wait (x-fleetgate-queue-wait-ms)", "queue_wait_s"),
+    ("inter-token latency", "itl_s"),
+    ("end to end (includes the gateway queue wait)", "e2e_s"),
+)
+
+
 def burst_html(report: BurstReport) -> str:
     """The page: configuration, summary, latency percentiles, failures, and four plots."""
     s = report.summary()
@@ -131,11 +141,7 @@ def burst_html(report: BurstReport) -> str:
         f"<tr><th>{name}</th>"
         + "".join(f"<td>{_fmt(s[key][q], 's')}</td>" for q in ("p50", "p90", "p95", "p99", "max"))
         + "</tr>"
-        for name, key in (
-            ("time to first token", "ttft_s"),
-            ("inter-token latency", "itl_s"),
-            ("end to end", "e2e_s"),
-        )
+        for name, key in LATENCY_ROWS
     )
     reasons = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>"
@@ -154,7 +160,14 @@ def burst_html(report: BurstReport) -> str:
         series_svg("Requests finished per second", done, "time (s)", "requests/s"),
         histogram_svg("End-to-end latency", [r.e2e_s for r in ok], "latency (s)"),
         histogram_svg(
-            "Time to first token", [r.ttft_s for r in ok if r.ttft_s is not None], "TTFT (s)"
+            "Time to first token, including the gateway queue wait",
+            [r.ttft_s for r in ok if r.ttft_s is not None],
+            "TTFT (s)",
+        ),
+        histogram_svg(
+            "Gateway queue wait",
+            [r.queue_wait_s for r in ok if r.queue_wait_s is not None],
+            "queue wait (s)",
         ),
     ]
     config = html.escape(json.dumps(report.to_dict()["config"], indent=2))

@@ -14,6 +14,10 @@ from typing import Any
 
 import aiohttp
 
+# The gateway's answer says how long the request was queued there for a slot (milliseconds):
+# a client's time to first token includes that wait.
+QUEUE_WAIT_HEADER = "x-fleetgate-queue-wait-ms"
+
 
 @dataclass
 class Reply:
@@ -60,6 +64,19 @@ class Reply:
             return f"{self.transport_error} ({detail})" if detail else self.transport_error
         text = self.message or (self.body if isinstance(self.body, str) else "")
         return f"{self.status} {text[:160]}".strip()
+
+    def header(self, name: str) -> str | None:
+        """A header of the answer, by its name in any case."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+
+    def queue_wait_s(self) -> float | None:
+        """How long a fleetgate gateway queued the request (None from anything else)."""
+        value = self.header(QUEUE_WAIT_HEADER)
+        try:
+            return max(0.0, float(value)) / 1000 if value is not None else None
+        except ValueError:
+            return None
 
     def retry_after(self) -> float | None:
         value = self.headers.get("Retry-After")
