@@ -187,6 +187,15 @@ def test_backend_figures_are_read_under_old_and_new_vllm_names() -> None:
     assert new["running"] == 2.0 and new["prompt_tokens"] == 100.0 and "waiting" not in new
     old = parse_vllm_metrics(OLD_NAMES)
     assert old == {"kv_usage": 0.75, "preemptions": 7.0, "waiting": 5.0}
+    # no labels, a timestamp, a label value with a space, histogram lines around it
+    bare = (
+        'vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="a b"} 9\n'
+        "vllm:num_requests_running 3 1700000000000\n"
+        'vllm:num_requests_waiting{model_name="a b"} 2.0\n'
+    )
+    assert parse_vllm_metrics(bare) == {"running": 3.0, "waiting": 2.0}
+    with pytest.raises(ValueError):
+        parse_vllm_metrics("vllm:num_requests_running\n")
 
 
 async def test_the_sims_metrics_page_reads_like_vllms(sim: SimServer) -> None:

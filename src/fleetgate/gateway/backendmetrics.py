@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from fleetgate.gateway.config import DeploymentConfig
 from fleetgate.gateway.http import HttpClient, UpstreamError
 
@@ -30,20 +28,37 @@ NAMES: dict[str, tuple[str, ...]] = {
 _COUNTERS = ("preemptions", "prompt_tokens", "generation_tokens")
 
 
+_WANTED = frozenset(name for names in NAMES.values() for name in names)
+
+
 def parse_vllm_metrics(text: str) -> dict[str, float]:
     """The figures of :data:`NAMES` found in a Prometheus text page, summed over engines
-    (KV usage: the highest engine's)."""
-    found: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found.setdefault(s.name, {})
-            key = repr(sorted(s.labels.items()))
-            found[s.name][key] = s.value
+    (KV usage: the highest engine's).
+
+    Only the few sample lines wanted are parsed (a vLLM page is mostly histogram buckets), so
+    reading 20 backends costs the gateway's event loop little.
+    """
+    found: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        if brace >= 0 and (space < 0 or brace < space):
+            name, rest = line[:brace], line[line.rfind("}") + 1 :]
+        else:
+            name, _, rest = line.partition(" ")
+        if name not in _WANTED:
+            continue
+        fields = rest.split()
+        if not fields:
+            raise ValueError(f"no value on the line {line[:120]!r}")
+        found.setdefault(name, []).append(float(fields[0]))
     figures: dict[str, float] = {}
     for figure, names in NAMES.items():
         for name in names:
             if name in found:
-                values = found[name].values()
+                values = found[name]
                 figures[figure] = max(values) if figure == "kv_usage" else sum(values)
                 break
     return figures
