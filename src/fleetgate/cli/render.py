@@ -47,8 +47,8 @@ def render(
         if source.fleet.gateway is not None and not host:
             written[out / "litellm.config.yaml"] = render_litellm(source)
         if not host:
-            for path, text in render_monitoring(source).items():
-                written[out / path] = text
+            for relative, text in render_monitoring(source).items():
+                written[out / relative] = text
     except RenderError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

@@ -128,8 +128,8 @@ async def snapshot(gw: GatewayState) -> dict[str, Any]:
         for dep in config.deployments.values()
     ]
     hosts: dict[str, list[str]] = {}
-    for d in deployments:
-        hosts.setdefault(d["host"], []).append(d["name"])
+    for shown in deployments:
+        hosts.setdefault(shown["host"], []).append(shown["name"])
     return {
         "gateway": {
             "now": time.time(),

@@ -245,11 +245,14 @@ def render_dashboard(source: Source) -> str:
             panels.append(panel)
         y += 8 * ((len(row) + 1) // 2)
     name = source.fleet.name or "fleet"
+    digest = gateway_hash(source)
     dashboard = {
         "title": f"fleetgate: {name}",
         "uid": f"fleetgate-{name}"[:40],
-        # JSON has no comments: the header lines, unmarked, are the dashboard's description
-        "description": header(source, "Grafana dashboard", gateway_hash(source), "").strip(),
+        # JSON has no comments: the header, on one line, is the dashboard's description
+        "description": " ".join(
+            line.strip() for line in header(source, "Grafana dashboard", digest, "").splitlines()
+        ),
         "tags": ["fleetgate", "vllm"],
         "schemaVersion": 39,
         "version": 1,
