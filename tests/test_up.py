@@ -114,11 +114,12 @@ def test_up_serves_the_fleet_until_sigterm() -> None:
 
 
 async def test_announce_shows_every_limit_and_cuts_no_name_when_piped(capsys) -> None:
-    fleet = load_fleet(HOMELAB, strict_env=False, env={}).fleet
+    fleet = load_fleet(HOMELAB, strict_env=False, env={"FLEETGATE_ADMIN_KEY": "adm-1"}).fleet
     async with local_fleet(fleet, gateway_port=0, speed=10) as running:
         announce(running)
     out = capsys.readouterr().out
     assert "…" not in out
+    assert f"live page: {running.gateway_url}/ui" in out  # an admin key is set
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
     assert set(rows) == {
         "llama31-8b-wintermute",

@@ -61,6 +61,12 @@ def announce(running: RunningFleet) -> None:
         natural = Measurement.get(console, console.options.update(max_width=10_000), table)
         Console(file=console.file, width=max(console.width, natural.maximum)).print(table)
     console.print(f"gateway: [bold]{running.gateway_url}[/]  (OpenAI API at /v1)")
+    gateway = running.fleet.gateway
+    if gateway is not None and gateway.admin_key:
+        console.print(
+            f"live page: {running.gateway_url}/ui (the admin key signs in); "
+            f"in a terminal: fleetgate top {running.gateway_url}"
+        )
     generated = running.local.generated_keys
     for name, key in generated.items():
         console.print(
