@@ -112,6 +112,7 @@ def test_relative_and_absolute_paths_render_the_same_bytes(
         outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in files})
     assert len(outputs[0]) >= 10
     assert outputs[0] == outputs[1] == outputs[2]
+    assert {"monitoring/prometheus.yml", "monitoring/grafana-dashboard.json"} <= set(outputs[0])
 
 
 def test_a_changed_setting_changes_only_its_deployments_hash(
