@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit
-from fleetgate.probes.targets import gateway_url
+from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.fleetfile import FleetError, gateway_url
 from fleetgate.probes.top import TopError, run_top
 
 
@@ -36,8 +36,8 @@ def top(
         fleet = load_or_exit(Path(target), strict_env=False).fleet
         try:
             url = gateway_url(fleet)
-        except ValueError as exc:
-            err_console.print(f"[red]error:[/] {exc}")
+        except FleetError as exc:
+            print_problems(exc.problems, target)
             raise typer.Exit(1) from None
         configured = fleet.gateway.admin_key if fleet.gateway else None
         if admin_key is None and configured and "${" not in configured:

@@ -21,12 +21,13 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetgate.probes.http import ApiClient
+from fleetgate.probes.targets import TargetError
 
 STATE_STYLE = {"up": "green", "down": "bold red", "starting": "yellow", "draining": "yellow",
                "sleeping": "blue"}  # fmt: skip
 
 
-class TopError(RuntimeError):
+class TopError(TargetError):
     """The gateway answered, but not with a state it will give: wrong key, no /ui."""
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fleetgate.fleetfile import Fleet, public_models
+from fleetgate.fleetfile import Fleet, deployment_url, gateway_url, public_models
 from fleetgate.render.source import Source, gateway_hash, header
 
 PROMETHEUS_FILE = "monitoring/prometheus.yml"
@@ -48,12 +48,9 @@ def vllm_query(figure: str, by: str = "deployment") -> str:
     return " or ".join(q.format(by=by, rate=RATE) for q in VLLM_FIGURES[figure])
 
 
-def _hostport(address: str, port: int) -> str:
-    if address in ("0.0.0.0", "::", ""):
-        address = "127.0.0.1"
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"
-    return f"{address}:{port}"
+def _target(url: str) -> str:
+    """A scrape target is ``host:port``: the URL fleetfile builds, without its scheme."""
+    return url.removeprefix("http://")
 
 
 def _routes_of(fleet: Fleet) -> dict[str, str]:
@@ -79,7 +76,7 @@ def render_prometheus(source: Source, scrape_interval: str = SCRAPE_INTERVAL) ->
                 "metrics_path": "/metrics",
                 "static_configs": [
                     {
-                        "targets": [_hostport(fleet.hosts[gw.host].address, gw.port)],
+                        "targets": [_target(gateway_url(fleet))],
                         "labels": {"host": gw.host},
                     }
                 ],
@@ -92,7 +89,7 @@ def render_prometheus(source: Source, scrape_interval: str = SCRAPE_INTERVAL) ->
             "metrics_path": "/metrics",
             "static_configs": [
                 {
-                    "targets": [_hostport(fleet.hosts[dep.host].address, dep.port)],
+                    "targets": [_target(deployment_url(fleet, name))],
                     "labels": {"host": dep.host, "deployment": name, "route": routes.get(name, "")},
                 }
                 for name, dep in fleet.deployments.items()
