@@ -17,7 +17,7 @@ from fleetgate.gateway import serve
 from fleetgate.gateway.backendmetrics import parse_vllm_metrics
 from fleetgate.gateway.recent import Delta, Window, quantile_of_buckets
 from fleetgate.gateway.snapshot import KeyTally
-from fleetgate.gateway.ui import COOKIE
+from fleetgate.gateway.ui import COOKIE, SIGN_IN_GUARD
 from fleetgate.sim import SimConfig, SimServer
 
 KEY = "sk-ui-owner-0001"
@@ -83,6 +83,25 @@ async def test_sign_in_trades_the_key_for_a_strict_cookie(sim: SimServer) -> Non
         assert not [c for c in jar if c.key == COOKIE and c.value]
         async with s.get(gw.url + "/ui/state") as resp:
             assert resp.status == 401
+
+
+async def test_wrong_admin_keys_are_throttled(sim: SimServer) -> None:
+    async with (
+        serve(make_fleet(doc(sim, admin_key=ADMIN))) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        gw.app[SIGN_IN_GUARD].limit = 3
+        for _ in range(3):
+            async with s.post(gw.url + "/ui/login", data={"key": "guess"}) as resp:
+                assert resp.status == 401
+        # the limit is reached: even the right key waits until the window has passed
+        async with s.post(gw.url + "/ui/login", data={"key": ADMIN}) as resp:
+            assert resp.status == 429
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert "too many wrong admin keys" in await resp.text()
+        gw.app[SIGN_IN_GUARD].window_s = 0.0
+        async with s.post(gw.url + "/ui/login", data={"key": ADMIN}, allow_redirects=False) as r:
+            assert r.status == 303
 
 
 async def test_state_needs_the_admin_key_and_counts_what_happened(sim: SimServer) -> None:

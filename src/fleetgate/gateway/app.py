@@ -166,6 +166,7 @@ def create_app(
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
     app = web.Application(client_max_size=0)
     app[GATEWAY] = gateway
+    app[ui.SIGN_IN_GUARD] = ui.SignInGuard()
     for method, path, handler in _ENDPOINTS:
         app.router.add_route(method, path, handler)
     app.router.add_route("*", "/{tail:.*}", fallback)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+from collections import deque
 from html import escape
 from pathlib import Path
+from time import monotonic
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -39,6 +42,30 @@ _STATIC = Path(__file__).with_name("static")
 _ASSETS = {"ui.js": "text/javascript", "ui.css": "text/css", "icon.svg": "image/svg+xml"}
 _MAX_FORM_BYTES = 4096
 _SESSION_DAYS = 30
+
+
+class SignInGuard:
+    """At most ``limit`` wrong admin keys a minute, from anyone: past that, sign-ins are
+    refused (429) until the oldest failure is a minute old, so the key cannot be guessed fast.
+    """
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._failures: deque[float] = deque()
+
+    def retry_after(self) -> float | None:
+        now = monotonic()
+        while self._failures and self._failures[0] <= now - self.window_s:
+            self._failures.popleft()
+        if len(self._failures) < self.limit:
+            return None
+        return self._failures[0] + self.window_s - now
+
+    def failed(self) -> None:
+        self._failures.append(monotonic())
+
+
+SIGN_IN_GUARD = web.AppKey("ui_sign_in_guard", SignInGuard)
 
 
 def session_token(admin_key_hash: str) -> str:
@@ -90,9 +117,22 @@ async def login(request: web.Request, gw: GatewayState) -> web.Response:
     body = await request.content.read(_MAX_FORM_BYTES + 1)
     if len(body) > _MAX_FORM_BYTES:
         return _html("login.html", 413, "that form is too large")
+    guard = request.app[SIGN_IN_GUARD]
+    wait = guard.retry_after()
+    if wait is not None:
+        seconds = math.ceil(wait)
+        resp = _html(
+            "login.html",
+            429,
+            f"too many wrong admin keys ({guard.limit} in {guard.window_s:g} s): "
+            f"try again in {seconds} s",
+        )
+        resp.headers["Retry-After"] = str(seconds)
+        return resp
     form = parse_qs(body.decode("utf-8", "replace"))
     key = (form.get("key") or [""])[0].strip()
     if not key or not hmac.compare_digest(hash_key(key), expected):
+        guard.failed()
         return _html("login.html", 401, "that is not the admin key")
     resp = web.Response(status=303, headers={**_HEADERS, "Location": "/ui"})
     resp.set_cookie(
