@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from fleetgate.gateway.metrics import GatewayMetrics
     from fleetgate.gateway.state import GatewayState
 
-ANONYMOUS = "(no key)"
+ANONYMOUS = "(no key)"  # an open gateway, or a request refused before its key was known
 _SCRAPE_TIMEOUT_S = 2.0
 
 
@@ -37,8 +37,9 @@ class KeyTally:
     def _roll(self, now: float) -> None:
         local = time.localtime(now)
         self.day = time.strftime("%Y-%m-%d", local)
-        midnight = time.mktime((*local[:3], 0, 0, 0, 0, 0, -1))
-        self._rolls_at = midnight + 86400
+        # the next local midnight (mktime normalises day + 1; a DST day is not 24 h long)
+        self._rolls_at = time.mktime((local.tm_year, local.tm_mon, local.tm_mday + 1,
+                                      0, 0, 0, 0, 0, -1))  # fmt: skip
         self.counts.clear()
 
     def record(self, key: str | None, status: int, tokens_in: int, tokens_out: int) -> None:
