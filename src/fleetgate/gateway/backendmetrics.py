@@ -73,7 +73,7 @@ class BackendView:
     scraped_at: float | None = None
     history: deque[tuple[float, dict[str, float]]] = field(default_factory=deque)
 
-    def as_dict(self, window_s: float) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "kv_usage": self.figures.get("kv_usage"),
             "running": self.figures.get("running"),

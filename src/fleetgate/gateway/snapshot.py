@@ -162,7 +162,7 @@ def _deployment(gw: GatewayState, name: str, lanes: list[str], delta: Delta) -> 
         "lanes": lanes,
         "ttft_ms": _percentiles(delta, "fleetgate_time_to_first_token_seconds", name),
         "e2e_ms": _percentiles(delta, "fleetgate_upstream_latency_seconds", name),
-        "backend": backend.as_dict(gw.monitor.backends.window_s) if backend else None,
+        "backend": backend.as_dict() if backend else None,
         "gpu_memory": gw.monitor.gpu_memory.get(name),
     }
 
@@ -178,6 +178,7 @@ def _lane(gw: GatewayState, lane: str, delta: Delta) -> dict[str, Any]:
     model = gw.config.models[lane]
     done = delta.total("fleetgate_requests_total", model=lane)
     ok = delta.total("fleetgate_requests_total", model=lane, status="200")
+    left = delta.total("fleetgate_requests_total", model=lane, status="499")  # client went away
     tokens_in = delta.total("fleetgate_tokens_total", lane=lane, direction="in")
     tokens_out = delta.total("fleetgate_tokens_total", lane=lane, direction="out")
     wait = "fleetgate_queue_wait_seconds"
@@ -189,7 +190,7 @@ def _lane(gw: GatewayState, lane: str, delta: Delta) -> dict[str, Any]:
         "queue_depth": model.queue_depth,
         "requests": int(done),
         "ok": int(ok),
-        "refused": int(done - ok),
+        "refused": int(done - ok - left),
         "tokens_in_per_s": round(tokens_in / delta.seconds, 2),
         "tokens_out_per_s": round(tokens_out / delta.seconds, 2),
         "queue_wait_ms": {
