@@ -15,14 +15,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from rich.console import Console
 from tests.support.fleets import ADMIN_KEY, OWNER_KEY, views_fleet
 
+from fleetgate.fleetfile import load_fleet
+from fleetgate.gateway import serve
 from fleetgate.local import RunningFleet, local_fleet
+from fleetgate.probes.top import view
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None, reason="needs tmux (bash .ci/run installs it)"
 )
 TOP = [sys.executable, "-m", "fleetgate.cli", "top"]
+HOMELAB = Path(__file__).parent.parent / "examples" / "homelab" / "fleet.yaml"
 
 
 @contextlib.asynccontextmanager
@@ -138,3 +143,21 @@ async def test_the_one_shot_view_of_20_deployments_fits_80_columns() -> None:
         )  # fmt: skip
         out, _ = await wrong.communicate()
         assert wrong.returncode == 1 and "refused the admin key" in out.decode()
+
+
+async def test_the_reference_fleets_long_names_fit_80_columns_without_cutting_headers() -> None:
+    env = {"FLEETGATE_API_KEY": "sk-top-owner-0001", "FLEETGATE_ADMIN_KEY": ADMIN_KEY}
+    fleet = load_fleet(HOMELAB, strict_env=False, env=env).fleet
+    async with (
+        serve(fleet, host="127.0.0.1", port=0) as gw,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as s,
+        s.get(f"{gw.url}/ui/state") as resp,
+    ):
+        state = await resp.json()
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(view(state, gw.url))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    for header in ("host/deployment", "ttft ms", "kv%", "preempt", "wait p95", "refusals"):
+        assert header in text, text
+    assert "wintermute/wintermute" in text and "armitage/armitage" in text

@@ -75,7 +75,7 @@ def view(state: dict[str, Any] | None, url: str, note: str = "") -> RenderableTy
     if note:
         tables.append(Text(note, style="yellow"))
 
-    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, expand=False)
+    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, expand=False)
     t.add_column("host/deployment", no_wrap=True, overflow="ellipsis", max_width=24)
     t.add_column("state", no_wrap=True)
     for col in ("slots", "ttft ms", "e2e ms", "kv%", "out/s", "preempt"):
@@ -96,7 +96,7 @@ def view(state: dict[str, Any] | None, url: str, note: str = "") -> RenderableTy
         )
     tables.append(t)
 
-    lanes = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    lanes = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     lanes.add_column("route/profile", no_wrap=True, max_width=24, overflow="ellipsis")
     for col in ("queue", "req", "refused", "in/s", "out/s", "wait p95"):
         lanes.add_column(col, justify="right", no_wrap=True)
@@ -113,7 +113,7 @@ def view(state: dict[str, Any] | None, url: str, note: str = "") -> RenderableTy
         )
     tables.append(lanes)
 
-    keys = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    keys = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     keys.add_column(f"key (today, {state['day']})", no_wrap=True, max_width=30,
                     overflow="ellipsis")  # fmt: skip
     for col in ("requests", "tokens in", "tokens out", "refusals"):
