@@ -14,7 +14,16 @@ from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
 from fleetgate.fleetfile import FleetError, lookup_gpu
 from fleetgate.models import UnknownModelError, load_model_info
-from fleetgate.plan import DeploymentPlan, PlanInput, memory_bar, plan_deployment, plan_input
+from fleetgate.plan import (
+    DEFAULT_VLLM,
+    DeploymentPlan,
+    PlanInput,
+    check_version,
+    format_version,
+    memory_bar,
+    plan_deployment,
+    plan_input,
+)
 
 
 class KvDtype(StrEnum):
@@ -48,8 +57,15 @@ def plan(
     gpu_memory: float | None = typer.Option(
         None, help="total GPU memory in GiB (instead of --gpu)"
     ),
-    gpu_memory_utilization: float = typer.Option(
-        0.9, min=0.01, max=1.0, help="share of GPU memory vLLM may take"
+    gpu_memory_utilization: float | None = typer.Option(
+        None,
+        min=0.01,
+        max=1.0,
+        help="share of GPU memory vLLM may take; default: the version's (0.92 from 0.21)",
+    ),
+    vllm_version: str = typer.Option(
+        format_version(DEFAULT_VLLM),
+        help="the vLLM version to plan for (X.Y.Z); its start-up accounting differs by version",
     ),
     max_model_len: int | None = typer.Option(None, min=16, help="default: the model's own"),
     max_num_seqs: int | None = typer.Option(None, min=1, help="default: vLLM's (256)"),
@@ -86,6 +102,11 @@ def plan(
                 message = exc.args[0].replace("give memory_gib and arch", "use --gpu-memory GIB")
                 err_console.print(f"[red]error:[/] {message}")
                 raise typer.Exit(1) from None
+            try:
+                version = check_version(vllm_version)
+            except ValueError as exc:
+                err_console.print(f"[red]error:[/] --vllm-version: {exc}")
+                raise typer.Exit(2) from None
             gpu_name = known.name if known else f"{gpu_memory:g} GiB"
             memory = known.memory_gib if known else float(gpu_memory or 0)
             info = load_model_info(model, config_path=config)
@@ -105,6 +126,8 @@ def plan(
                         quantization=quantization.value if quantization else None,
                         tensor_parallel_size=tensor_parallel_size,
                         enforce_eager=enforce_eager,
+                        vllm_version=version,
+                        gpu_arch=known.arch if known else "",
                     )
                 )
             ]
@@ -129,6 +152,7 @@ def _print_plan(p: DeploymentPlan) -> None:
     verdict = "[green]fits[/]" if p.fits else "[red]does NOT fit[/]"
     console.rule(f"{verdict}: [bold]{p.name}[/]", align="left")
     console.print(f"{p.model} on {p.gpu} ({p.gpu_memory_gib:.2f} GiB)", highlight=False)
+    console.print(f"assumes {p.engine}", highlight=False)
     console.print(memory_bar(p))
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -145,7 +169,11 @@ def _print_plan(p: DeploymentPlan) -> None:
             f"{p.activation_gib:.2f} GiB (profile pass of "
             f"{p.max_num_batched_tokens} tokens, {p.max_num_seqs} seqs)",
         ),
-        ("overhead", f"{p.overhead_gib:.2f} GiB (non-torch memory, CUDA graphs)"),
+        (
+            "overhead",
+            f"{p.overhead_gib:.2f} GiB (non-torch {p.non_torch_gib:.2f}; CUDA graphs "
+            f"{p.cudagraph_gib:.2f}, {p.cudagraph_term})",
+        ),
         (
             "KV cache",
             (
@@ -176,6 +204,8 @@ def _print_plan(p: DeploymentPlan) -> None:
                 ),
             )
         )
+    for note in p.notes:
+        rows.append(("note", note))
     for reason in p.reasons:
         rows.append(("[red]why[/]", reason))
     for k, v in rows:

@@ -5,6 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The class a config without ``architectures`` (the bundled catalog's) loads as.
+_ARCH_BY_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+}
+
 
 @dataclass(frozen=True)
 class ModelArch:
@@ -27,6 +42,8 @@ class ModelArch:
     moe_intermediate_size: int = 0
     qkv_bias: bool = False
     torch_dtype: str = "bfloat16"
+    # the class vLLM loads (``architectures[0]``): it picks the model runner
+    architecture: str = "LlamaForCausalLM"
 
     @property
     def full_attention_layers(self) -> int:
@@ -94,6 +111,11 @@ class ModelArch:
             else:
                 window_layers = layers
         experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
+        archs = config.get("architectures") or cfg.get("architectures")
+        model_type = str(cfg.get("model_type") or config.get("model_type") or "llama")
+        architecture = (
+            str(archs[0]) if isinstance(archs, list) and archs else _ARCH_BY_TYPE.get(model_type)
+        ) or "LlamaForCausalLM"
         return cls(
             name=name,
             num_layers=layers,
@@ -115,4 +137,5 @@ class ModelArch:
             else 0,
             qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"),
+            architecture=architecture,
         )

@@ -1,6 +1,15 @@
 """The GPU memory planner: will a deployment fit, and what is the largest context that does."""
 
 from fleetgate.plan.display import memory_bar
+from fleetgate.plan.engine import (
+    DEFAULT_VLLM,
+    NEWEST_MODELLED,
+    Engine,
+    check_version,
+    engine_for,
+    format_version,
+    parse_vllm_version,
+)
 from fleetgate.plan.fleetplan import plan_fleet, plan_input, plan_problems
 from fleetgate.plan.memory import (
     BLOCK_SIZE,
@@ -16,13 +25,20 @@ from fleetgate.plan.memory import (
 
 __all__ = [
     "BLOCK_SIZE",
+    "DEFAULT_VLLM",
+    "NEWEST_MODELLED",
     "DeploymentPlan",
+    "Engine",
     "KvOption",
     "PlanInput",
     "activation_bytes",
+    "check_version",
     "cuda_graph_bytes",
+    "engine_for",
+    "format_version",
     "kv_bytes_per_token",
     "memory_bar",
+    "parse_vllm_version",
     "plan_deployment",
     "plan_fleet",
     "plan_input",
