@@ -51,8 +51,18 @@ def plan_to_dict(plan: DeploymentPlan) -> dict:
 @app.command(rich_help_panel="Plan")
 def plan(
     fleet: Path | None = typer.Argument(None, help="plan every deployment of this fleet file"),
-    model: str | None = typer.Option(None, help="plan one ad-hoc deployment of this HF model id"),
-    config: Path | None = typer.Option(None, help="the model's config.json (unknown models)"),
+    model: str | None = typer.Option(
+        None,
+        help="plan one ad-hoc deployment of this model: a Hugging Face ORG/NAME (read from the "
+        "HF cache, the bundled catalog or the Hub; HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT "
+        "apply) or a local model directory",
+    ),
+    config: Path | None = typer.Option(
+        None, help="the model's config.json (instead of the HF cache, the catalog or the Hub)"
+    ),
+    revision: str | None = typer.Option(
+        None, help="the Hub revision (branch, tag or commit) of --model; default main"
+    ),
     gpu: str | None = typer.Option(None, help="GPU catalog name, e.g. 'RTX 3090'"),
     gpu_memory: float | None = typer.Option(
         None, help="total GPU memory in GiB (instead of --gpu)"
@@ -109,7 +119,7 @@ def plan(
                 raise typer.Exit(2) from None
             gpu_name = known.name if known else f"{gpu_memory:g} GiB"
             memory = known.memory_gib if known else float(gpu_memory or 0)
-            info = load_model_info(model, config_path=config)
+            info = load_model_info(model, config_path=config, revision=revision)
             plans = [
                 plan_deployment(
                     PlanInput(
@@ -163,7 +173,12 @@ def _print_plan(p: DeploymentPlan) -> None:
             f"{p.budget_gib:.2f} GiB = {p.gpu_memory_utilization} x {p.gpu_memory_gib:.2f}"
             f" GiB (tp {p.tensor_parallel_size})",
         ),
-        ("weights", f"{p.weights_gib:.2f} GiB ({p.quantization})"),
+        ("model", p.model_source or "bundled catalog"),
+        (
+            "weights",
+            f"{p.weights_gib:.2f} GiB ({p.quantization}; "
+            f"{'safetensors headers' if p.weights_exact else 'from the shapes'})",
+        ),
         (
             "activation",
             f"{p.activation_gib:.2f} GiB (profile pass of "

@@ -96,8 +96,8 @@ class ModelArch:
             raise ValueError(f"config.json of {name} lacks {exc.args[0]!r}") from None
         head_dim = int(cfg.get("head_dim") or hidden // heads)
         kv_heads = int(cfg.get("num_key_value_heads") or heads)
-        window = int(cfg.get("sliding_window") or 0)
-        use_window = bool(cfg.get("use_sliding_window", True)) and window > 0
+        window = cfg.get("sliding_window")
+        use_window = cfg.get("use_sliding_window", True) and window
         window_layers = 0
         if use_window:
             pattern = cfg.get("layer_types")
@@ -127,7 +127,7 @@ class ModelArch:
             vocab_size=int(cfg["vocab_size"]),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 4096),
-            sliding_window=window if use_window and window_layers else None,
+            sliding_window=int(window) if window and use_window and window_layers else None,
             sliding_window_layers=window_layers,
             num_experts=experts,
             moe_intermediate_size=int(

@@ -129,6 +129,8 @@ class DeploymentPlan:
     cudagraph_gib: float = 0.0  # vLLM's estimate, deducted or not (see cudagraph_term)
     cudagraph_term: str = "none"
     notes: list[str] = field(default_factory=list)  # what the plan assumes or leaves out
+    model_source: str = ""  # where the architecture came from (HF cache, catalog, Hub, file)
+    weights_exact: bool = False  # from the safetensors headers, not from the shapes
 
     @property
     def headroom_gib(self) -> float:
@@ -405,4 +407,6 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         cudagraph_gib=round(graph_estimate, 3),
         cudagraph_term="eager (none)" if spec.enforce_eager else engine.graphs,
         notes=notes,
+        model_source=spec.model.source,
+        weights_exact=spec.model.weight_bytes is not None,
     )
