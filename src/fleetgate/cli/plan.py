@@ -33,6 +33,11 @@ class KvDtype(StrEnum):
     fp8_e5m2 = "fp8_e5m2"
 
 
+class HostOs(StrEnum):
+    linux = "linux"
+    windows = "windows"
+
+
 class Quant(StrEnum):
     none = "none"
     awq = "awq"
@@ -45,6 +50,14 @@ class Quant(StrEnum):
 def plan_to_dict(plan: DeploymentPlan) -> dict:
     data = dataclasses.asdict(plan)
     data["headroom_gib"] = round(plan.headroom_gib, 3)
+    data["verdict"] = plan.verdict
+    if plan.startup is not None:
+        data["startup"] |= {
+            "held_gib": round(plan.startup.held_gib, 3),
+            "free_gib": round(plan.startup.free_gib, 3),
+            "passes": plan.startup.passes,
+            "max_utilization": plan.startup.max_utilization,
+        }
     return data
 
 
@@ -86,12 +99,18 @@ def plan(
     quantization: Quant | None = typer.Option(None, help="default: detected from the model id"),
     tensor_parallel_size: int = typer.Option(1, min=1),
     enforce_eager: bool = typer.Option(False, help="no CUDA graphs"),
+    host_os: HostOs = typer.Option(HostOs.linux, help="the host's OS (start-up check)"),
+    desktop_reserve_gib: float | None = typer.Option(
+        None, min=0, help="GPU memory the desktop holds before vLLM (default: 1.0 on Windows)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Will it fit? Weights, activation, overhead and KV cache per GPU, as vLLM accounts them.
 
     Give a FLEET file to plan each deployment, or --model with --gpu/--gpu-memory for one
-    ad-hoc deployment (vLLM's defaults for what is not given). Exit 1 if anything does not fit.
+    ad-hoc deployment (vLLM's defaults for what is not given; --host-os and
+    --desktop-reserve-gib for what else holds the GPU). Exit 1 if anything does not fit or
+    will not pass vLLM's start-up free-memory check.
     """
     if (fleet is None) == (model is None):
         err_console.print("[red]error:[/] give a FLEET file or --model (not both)")
@@ -138,6 +157,8 @@ def plan(
                         enforce_eager=enforce_eager,
                         vllm_version=version,
                         gpu_arch=known.arch if known else "",
+                        host_os=host_os.value,
+                        desktop_reserve_gib=desktop_reserve_gib,
                     )
                 )
             ]
@@ -159,7 +180,8 @@ def plan(
 
 
 def _print_plan(p: DeploymentPlan) -> None:
-    verdict = "[green]fits[/]" if p.fits else "[red]does NOT fit[/]"
+    color = "green" if p.verdict == "fits" else ("yellow" if p.fits else "red")
+    verdict = f"[{color}]{p.verdict}[/]"
     console.rule(f"{verdict}: [bold]{p.name}[/]", align="left")
     console.print(f"{p.model} on {p.gpu} ({p.gpu_memory_gib:.2f} GiB)", highlight=False)
     console.print(f"assumes {p.engine}", highlight=False)
@@ -219,6 +241,9 @@ def _print_plan(p: DeploymentPlan) -> None:
                 ),
             )
         )
+    if p.startup is not None:
+        color = "green" if p.startup.passes else ("red" if p.startup.certain else "yellow")
+        rows.append((f"[{color}]start-up check[/]", p.startup.describe()))
     for note in p.notes:
         rows.append(("note", note))
     for reason in p.reasons:

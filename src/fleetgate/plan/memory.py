@@ -23,6 +23,7 @@ from fleetgate.plan.engine import (
     engine_for,
     format_version,
 )
+from fleetgate.plan.startup import StartupCheck, startup_check
 
 GIB = 1024**3
 MIB = 1024**2
@@ -83,6 +84,8 @@ class PlanInput:
     estimate_cudagraphs: bool | None = None
     kv_cache_memory_bytes: int | None = None  # --kv-cache-memory-bytes: bypasses profiling
     gpu_arch: str = ""
+    host_os: str = "linux"  # what else holds the GPU before vLLM starts (start-up check)
+    desktop_reserve_gib: float | None = None  # measured by the owner; None: the OS's default
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,18 @@ class DeploymentPlan:
     notes: list[str] = field(default_factory=list)  # what the plan assumes or leaves out
     model_source: str = ""  # where the architecture came from (HF cache, catalog, Hub, file)
     weights_exact: bool = False  # from the safetensors headers, not from the shapes
+    startup: StartupCheck | None = None  # vLLM's free-memory check at start-up
+    kv_fits: bool = True  # the memory verdict alone (fits: this and a start-up check that
+    # passes or only likely fails, the desktop's share being an estimate)
+
+    @property
+    def verdict(self) -> str:
+        """One verdict for plan and validate alike."""
+        if not self.kv_fits:
+            return "does NOT fit"
+        if self.startup is not None and not self.startup.passes:
+            return "will NOT start" if self.startup.certain else "fits, but will likely NOT start"
+        return "fits"
 
     @property
     def headroom_gib(self) -> float:
@@ -372,6 +387,15 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
             f"max_model_len {max_model_len} exceeds the model's max_position_embeddings "
             f"{arch.max_position_embeddings}"
         )
+    kv_fits = not reasons
+    startup = startup_check(
+        spec.gpu_memory_gib,
+        util,
+        host_os=spec.host_os,
+        desktop_reserve_gib=spec.desktop_reserve_gib,
+        nccl_gib=0.0 if engine.nccl_in_budget else nccl_gib(spec),
+    )
+    refused = not startup.passes and startup.certain
     fallback = None
     if chosen.kv_bytes_per_token < kv_bytes_per_token(arch, "auto", tp):
         fallback = _kv_option(kv_gib, arch, "auto", tp, max_model_len, chunk)
@@ -397,7 +421,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         kv_cache_tokens=chosen.kv_cache_tokens,
         max_concurrency=chosen.max_concurrency,
         max_model_len_fit=chosen.max_model_len_fit,
-        fits=not reasons,
+        fits=kv_fits and not refused,
         reasons=reasons,
         fp16_fallback=fallback,
         vllm_version=format_version(engine.version),
@@ -409,4 +433,6 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         notes=notes,
         model_source=spec.model.source,
         weights_exact=spec.model.weight_bytes is not None,
+        startup=startup,
+        kv_fits=kv_fits,
     )
