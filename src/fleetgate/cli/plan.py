@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.fleetfile import FleetError, lookup_gpu
+from fleetgate.fleetfile import FleetError, GpuModel, lookup_gpu
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan import (
     DEFAULT_VLLM,
@@ -24,6 +25,9 @@ from fleetgate.plan import (
     plan_deployment,
     plan_input,
 )
+from fleetgate.plan.engine import Version
+from fleetgate.plan.fromlog import NotAStartupLog, compare, plan_input_from_log, read_startup_log
+from fleetgate.plan.memory import GIB
 
 
 class KvDtype(StrEnum):
@@ -86,9 +90,10 @@ def plan(
         max=1.0,
         help="share of GPU memory vLLM may take; default: the version's (0.92 from 0.21)",
     ),
-    vllm_version: str = typer.Option(
-        format_version(DEFAULT_VLLM),
-        help="the vLLM version to plan for (X.Y.Z); its start-up accounting differs by version",
+    vllm_version: str | None = typer.Option(
+        None,
+        help="the vLLM version to plan for (X.Y.Z; its start-up accounting differs by version); "
+        f"default {format_version(DEFAULT_VLLM)}, the default image's (with --from-log: the log's)",
     ),
     max_model_len: int | None = typer.Option(None, min=16, help="default: the model's own"),
     max_num_seqs: int | None = typer.Option(None, min=1, help="default: vLLM's (256)"),
@@ -103,6 +108,12 @@ def plan(
     desktop_reserve_gib: float | None = typer.Option(
         None, min=0, help="GPU memory the desktop holds before vLLM (default: 1.0 on Windows)"
     ),
+    from_log: str | None = typer.Option(
+        None,
+        "--from-log",
+        help="a vLLM start-up log (FILE, or - for stdin): rebuild the deployment it describes "
+        "and print plan and log side by side (--model/--config/--gpu where the log lacks them)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Will it fit? Weights, activation, overhead and KV cache per GPU, as vLLM accounts them.
@@ -112,6 +123,12 @@ def plan(
     --desktop-reserve-gib for what else holds the GPU). Exit 1 if anything does not fit or
     will not pass vLLM's start-up free-memory check.
     """
+    if from_log is not None:
+        if fleet is not None:
+            err_console.print("[red]error:[/] give a FLEET file or --from-log (not both)")
+            raise typer.Exit(2)
+        _plan_from_log(from_log, model, config, revision, gpu, gpu_memory, vllm_version, as_json)
+        return
     if (fleet is None) == (model is None):
         err_console.print("[red]error:[/] give a FLEET file or --model (not both)")
         raise typer.Exit(2)
@@ -122,22 +139,8 @@ def plan(
             plans = [plan_deployment(plan_input(loaded.fleet, n)) for n in loaded.fleet.deployments]
         else:
             assert model is not None
-            if (gpu is None) == (gpu_memory is None):
-                err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
-                raise typer.Exit(2)
-            try:
-                known = lookup_gpu(gpu) if gpu else None
-            except KeyError as exc:
-                message = exc.args[0].replace("give memory_gib and arch", "use --gpu-memory GIB")
-                err_console.print(f"[red]error:[/] {message}")
-                raise typer.Exit(1) from None
-            try:
-                version = check_version(vllm_version)
-            except ValueError as exc:
-                err_console.print(f"[red]error:[/] --vllm-version: {exc}")
-                raise typer.Exit(2) from None
-            gpu_name = known.name if known else f"{gpu_memory:g} GiB"
-            memory = known.memory_gib if known else float(gpu_memory or 0)
+            known, gpu_name, memory = _gpu(gpu, gpu_memory)
+            version = _version(vllm_version) or DEFAULT_VLLM
             info = load_model_info(model, config_path=config, revision=revision)
             plans = [
                 plan_deployment(
@@ -177,6 +180,133 @@ def plan(
             _print_plan(p)
     if not all(p.fits for p in plans):
         raise typer.Exit(1)
+
+
+def _gpu(gpu: str | None, gpu_memory: float | None) -> tuple[GpuModel | None, str, float]:
+    """--gpu NAME or --gpu-memory GIB, exactly one: (catalog entry, name, GiB)."""
+    if (gpu is None) == (gpu_memory is None):
+        err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
+        raise typer.Exit(2)
+    try:
+        known = lookup_gpu(gpu) if gpu else None
+    except KeyError as exc:
+        message = exc.args[0].replace("give memory_gib and arch", "use --gpu-memory GIB")
+        err_console.print(f"[red]error:[/] {message}")
+        raise typer.Exit(1) from None
+    if known:
+        return known, known.name, known.memory_gib
+    return None, f"{gpu_memory:g} GiB", float(gpu_memory or 0)
+
+
+def _version(text: str | None) -> Version | None:
+    if text is None:
+        return None
+    try:
+        return check_version(text)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] --vllm-version: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _plan_from_log(
+    source: str,
+    model: str | None,
+    config: Path | None,
+    revision: str | None,
+    gpu: str | None,
+    gpu_memory: float | None,
+    vllm_version: str | None,
+    as_json: bool,
+) -> None:
+    """``plan --from-log``: the deployment a real start-up log describes, planned beside it."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(errors="replace")
+    except OSError as exc:
+        err_console.print(f"[red]error:[/] cannot read {source}: {exc.strerror}")
+        raise typer.Exit(1) from None
+    try:
+        log = read_startup_log(text)
+    except NotAStartupLog as exc:
+        err_console.print(f"[red]error:[/] {source}: {exc}")
+        raise typer.Exit(1) from None
+    forced = _version(vllm_version)
+    if forced is not None:
+        log.version = format_version(forced)
+    model_id = model or log.model
+    if model_id is None and config is None:
+        err_console.print(
+            f"[red]error:[/] {source} does not name the model: give --model ORG/NAME or --config"
+        )
+        raise typer.Exit(2)
+    if gpu is None and gpu_memory is None and log.total_gib is not None:
+        known, gpu_name, memory = None, f"{log.total_gib:g} GiB (from the log)", log.total_gib
+    elif gpu is None and gpu_memory is None:
+        err_console.print(
+            f"[red]error:[/] {source} does not state the GPU's memory: give --gpu NAME or "
+            "--gpu-memory GIB"
+        )
+        raise typer.Exit(2)
+    else:
+        known, gpu_name, memory = _gpu(gpu, gpu_memory)
+    try:
+        info = load_model_info(model_id or "model", config_path=config, revision=revision)
+    except UnknownModelError as exc:
+        hint = "" if model else " (the log's model; give --model ORG/NAME or --config PATH)"
+        err_console.print(f"[red]error:[/] {exc.args[0]}{hint}")
+        raise typer.Exit(1) from None
+    spec, unmodelled = plan_input_from_log(
+        log, info, gpu_memory_gib=memory, gpu_name=gpu_name, gpu_p2p=bool(known and known.p2p)
+    )
+    if log.device == "cpu" and log.available_kv_gib is not None:
+        # the CPU backend takes VLLM_CPU_KVCACHE_SPACE as is: no profile to predict
+        spec = dataclasses.replace(spec, kv_cache_memory_bytes=int(log.available_kv_gib * GIB))
+        unmodelled.append("CPU backend: the KV space is VLLM_CPU_KVCACHE_SPACE, taken from the log")
+    planned = plan_deployment(spec)
+    terms = compare(planned, log)
+    if as_json:
+        out = {
+            "log": dataclasses.asdict(log),
+            "plan": plan_to_dict(planned),
+            "terms": [
+                dataclasses.asdict(t) | {"difference": t.difference, "relative": t.relative}
+                for t in terms
+            ],
+            "not_modelled": unmodelled,
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return
+    console.rule(f"plan vs log: [bold]{planned.model}[/]", align="left")
+    console.print(f"on {planned.gpu}; assumes {planned.engine}", highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("term", "plan", "log", "difference"):
+        table.add_column(column, justify="left" if column == "term" else "right")
+    for t in terms:
+        if t.name == "starts":
+            fmt = {None: "—", 1.0: "yes", 0.0: "no"}
+            table.add_row(
+                t.name,
+                fmt[t.planned],
+                fmt[t.logged],
+                "agree" if (t.logged is None or t.logged == t.planned) else "[red]DISAGREE[/]",
+            )
+            continue
+        digits = 0 if t.unit == "tokens" else 2
+        diff = "" if t.difference is None else f"{t.difference:+,.{digits}f}"
+        if t.relative is not None:
+            diff += f" ({t.relative:+.1%})"
+        table.add_row(
+            f"{t.name} ({t.unit})" if t.unit else t.name,
+            _cell(t.planned, digits),
+            _cell(t.logged, digits),
+            diff,
+        )
+    console.print(table)
+    for note in [*unmodelled, *planned.notes]:
+        console.print(f"note: {note}", highlight=False)
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def _print_plan(p: DeploymentPlan) -> None:
