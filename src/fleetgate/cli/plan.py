@@ -28,6 +28,8 @@ from fleetgate.plan import (
 from fleetgate.plan.engine import Version
 from fleetgate.plan.fromlog import NotAStartupLog, compare, plan_input_from_log, read_startup_log
 from fleetgate.plan.memory import GIB
+from fleetgate.plan.suggest import SEQUENCES, Suggestions
+from fleetgate.plan.suggest import suggest as suggest_settings
 
 
 class KvDtype(StrEnum):
@@ -114,6 +116,13 @@ def plan(
         help="a vLLM start-up log (FILE, or - for stdin): rebuild the deployment it describes "
         "and print plan and log side by side (--model/--config/--gpu where the log lacks them)",
     ),
+    suggest: bool = typer.Option(
+        False,
+        "--suggest",
+        help="a table of settings instead: per KV dtype the largest context at 1/2/4/8 "
+        "sequences, the most sequences at the asked context, the fp16 cost, and the highest "
+        "utilization that passes the start-up check",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Will it fit? Weights, activation, overhead and KV cache per GPU, as vLLM accounts them.
@@ -132,39 +141,41 @@ def plan(
     if (fleet is None) == (model is None):
         err_console.print("[red]error:[/] give a FLEET file or --model (not both)")
         raise typer.Exit(2)
-    plans: list[DeploymentPlan] = []
+    specs: list[PlanInput] = []
     try:
         if fleet is not None:
             loaded = load_or_exit(fleet, strict_env=False)
-            plans = [plan_deployment(plan_input(loaded.fleet, n)) for n in loaded.fleet.deployments]
+            specs = [plan_input(loaded.fleet, n) for n in loaded.fleet.deployments]
         else:
             assert model is not None
             known, gpu_name, memory = _gpu(gpu, gpu_memory)
             version = _version(vllm_version) or DEFAULT_VLLM
             info = load_model_info(model, config_path=config, revision=revision)
-            plans = [
-                plan_deployment(
-                    PlanInput(
-                        name=model,
-                        model=info,
-                        gpu_memory_gib=memory,
-                        gpu_name=gpu_name,
-                        gpu_p2p=known.p2p if known else False,
-                        gpu_memory_utilization=gpu_memory_utilization,
-                        max_model_len=max_model_len,
-                        max_num_seqs=max_num_seqs,
-                        max_num_batched_tokens=max_num_batched_tokens,
-                        kv_cache_dtype=kv_cache_dtype.value,
-                        quantization=quantization.value if quantization else None,
-                        tensor_parallel_size=tensor_parallel_size,
-                        enforce_eager=enforce_eager,
-                        vllm_version=version,
-                        gpu_arch=known.arch if known else "",
-                        host_os=host_os.value,
-                        desktop_reserve_gib=desktop_reserve_gib,
-                    )
+            specs = [
+                PlanInput(
+                    name=model,
+                    model=info,
+                    gpu_memory_gib=memory,
+                    gpu_name=gpu_name,
+                    gpu_p2p=known.p2p if known else False,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    max_model_len=max_model_len,
+                    max_num_seqs=max_num_seqs,
+                    max_num_batched_tokens=max_num_batched_tokens,
+                    kv_cache_dtype=kv_cache_dtype.value,
+                    quantization=quantization.value if quantization else None,
+                    tensor_parallel_size=tensor_parallel_size,
+                    enforce_eager=enforce_eager,
+                    vllm_version=version,
+                    gpu_arch=known.arch if known else "",
+                    host_os=host_os.value,
+                    desktop_reserve_gib=desktop_reserve_gib,
                 )
             ]
+        if suggest:
+            _print_suggestions([suggest_settings(spec) for spec in specs], as_json)
+            return
+        plans = [plan_deployment(spec) for spec in specs]
     except (UnknownModelError, KeyError) as exc:
         err_console.print(f"[red]error:[/] {exc.args[0]}")
         raise typer.Exit(1) from None
@@ -303,6 +314,45 @@ def _plan_from_log(
     console.print(table)
     for note in [*unmodelled, *planned.notes]:
         console.print(f"note: {note}", highlight=False)
+
+
+def _print_suggestions(all_suggestions: list[Suggestions], as_json: bool) -> None:
+    if as_json:
+        out = []
+        for sug in all_suggestions:
+            data = dataclasses.asdict(sug)
+            data.pop("plan")
+            out.append(data)
+        print(json.dumps(out, indent=2))
+        return
+    for sug in all_suggestions:
+        console.rule(f"settings for [bold]{sug.name}[/]", align="left")
+        console.print(f"{sug.model} on {sug.gpu}; assumes {sug.engine}", highlight=False)
+        table = Table(box=None, pad_edge=False)
+        table.add_column("KV dtype")
+        table.add_column("KV tokens", justify="right")
+        for n in SEQUENCES:
+            table.add_column(f"context @{n} seq{'s' if n > 1 else ''}", justify="right")
+        table.add_column(f"seqs @{sug.max_model_len}", justify="right")
+        for o in sug.options:
+            table.add_row(
+                o.kv_cache_dtype,
+                f"{o.kv_cache_tokens:,}",
+                *(f"{o.largest_context[n]:,}" for n in SEQUENCES),
+                str(o.most_sequences),
+            )
+        console.print(table)
+        fp8 = next(o for o in sug.options if o.kv_cache_dtype == "fp8")
+        share = sug.fp16_cost_tokens / fp8.kv_cache_tokens if fp8.kv_cache_tokens else 0
+        console.print(
+            f"fp16 (auto) instead of fp8 costs {sug.fp16_cost_tokens:,} KV tokens ({share:.0%})",
+            highlight=False,
+        )
+        console.print(
+            f"highest gpu_memory_utilization that passes the start-up check: "
+            f"{sug.max_utilization} ({sug.tokens_at_max_utilization:,} KV tokens there)",
+            highlight=False,
+        )
 
 
 def _cell(value: float | None, digits: int) -> str:

@@ -134,6 +134,7 @@ class DeploymentPlan:
     notes: list[str] = field(default_factory=list)  # what the plan assumes or leaves out
     model_source: str = ""  # where the architecture came from (HF cache, catalog, Hub, file)
     weights_exact: bool = False  # from the safetensors headers, not from the shapes
+    inflight_tokens: int = 2048  # tokens a sliding-window layer holds beyond its window
     startup: StartupCheck | None = None  # vLLM's free-memory check at start-up
     kv_fits: bool = True  # the memory verdict alone (fits: this and a start-up check that
     # passes or only likely fails, the desktop's share being an estimate)
@@ -433,6 +434,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         notes=notes,
         model_source=spec.model.source,
         weights_exact=spec.model.weight_bytes is not None,
+        inflight_tokens=chunk,
         startup=startup,
         kv_fits=kv_fits,
     )
