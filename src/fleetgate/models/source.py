@@ -36,6 +36,7 @@ def safetensors_bytes(path: Path) -> int:
 
 
 def _quantization_from_config(cfg: dict) -> tuple[str | None, int | None, int | None]:
+    """The checkpoint's method, bits and group size, as vLLM reads ``quantization_config``."""
     q = cfg.get("quantization_config") or cfg.get("compression_config")
     if not isinstance(q, dict):
         return None, None, None
@@ -44,14 +45,32 @@ def _quantization_from_config(cfg: dict) -> tuple[str | None, int | None, int | 
     group = q.get("group_size") or q.get("q_group_size")
     if q.get("load_in_4bit") or q.get("load_in_8bit"):
         return "bitsandbytes", 4 if q.get("load_in_4bit") else 8, None
+    algo = str(q.get("quant_algo") or q.get("quantization", {}).get("quant_algo", "")).upper()
+    formats = {str(g.get("format", "")) for g in (q.get("config_groups") or {}).values()}
+    formats.add(str(q.get("format", "")))
+    if method == "modelopt" or algo:
+        return ("nvfp4" if "FP4" in algo else "fp8"), 4 if "FP4" in algo else 8, None
+    if method == "compressed-tensors":
+        if any("nvfp4" in f for f in formats):
+            return "nvfp4", 4, 16
+        if any("float-quantized" in f for f in formats):
+            return "fp8", 8, None
+        weights = [g.get("weights") or {} for g in (q.get("config_groups") or {}).values()]
+        nbits = next((int(w["num_bits"]) for w in weights if w.get("num_bits")), bits)
+        return ("int8" if nbits == 8 else "gptq"), nbits, group
     mapping = {
         "awq": "awq",
         "gptq": "gptq",
         "fp8": "fp8",
         "bitsandbytes": "bitsandbytes",
-        "compressed-tensors": "int8" if bits == 8 else "gptq",
+        "mxfp4": "mxfp4",
+        "nvfp4": "nvfp4",
     }
-    return mapping.get(method), int(bits) if bits else None, int(group) if group else None
+    return (
+        mapping.get(method, method or None),
+        int(bits) if bits else None,
+        (int(group) if group else None),
+    )
 
 
 def _info(

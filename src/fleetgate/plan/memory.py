@@ -52,6 +52,10 @@ _LINEAR_BITS = {
     "int8": 8 + 16 / 4096,
     "fp8": 8 + 16 / 4096,
     "bitsandbytes": 4 + 8 / 64 + 32 / (64 * 256),
+    # NVFP4: 4-bit values, an fp8 scale per 16 (and a per-tensor fp32 scale)
+    "nvfp4": 4 + 8 / 16,
+    # MXFP4 (gpt-oss): 4-bit values, an 8-bit shared exponent per 32; experts only
+    "mxfp4": 4 + 8 / 32,
 }
 
 KV_DTYPE_BYTES = {"auto": 2, "fp16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
@@ -156,17 +160,23 @@ class DeploymentPlan:
 def weight_bytes(arch: ModelArch, quantization: str) -> int:
     """Weights on the GPUs: quantized linear layers at their bits, the rest at 16 bits.
 
-    Embeddings and lm_head stay 16-bit in AWQ/GPTQ/int8/fp8/bitsandbytes checkpoints.
+    Embeddings and lm_head stay 16-bit in AWQ/GPTQ/int8/fp8/bitsandbytes/NVFP4 checkpoints;
+    MXFP4 (gpt-oss) quantizes the routed experts only, attention stays 16-bit.
     """
-    linear = arch.linear_params()
-    other = arch.param_count() - linear
-    return int(linear * _LINEAR_BITS[quantization] / 8 + other * 2)
+    bits = _LINEAR_BITS.get(quantization, 16.0)
+    quantized = arch.expert_params() if quantization == "mxfp4" else arch.linear_params()
+    other = arch.param_count() - quantized
+    return int(quantized * bits / 8 + other * 2)
 
 
 def kv_bytes_per_token(arch: ModelArch, kv_cache_dtype: str, tensor_parallel_size: int = 1) -> int:
-    """KV bytes one token costs on one GPU: K and V, every layer, this GPU's share of KV heads."""
+    """KV bytes one token costs on one GPU: K and V, every attention layer, this GPU's share of
+    KV heads. MLA stores one latent (kv_lora_rank + rope dims) per layer, on every GPU."""
+    dtype = KV_DTYPE_BYTES[kv_cache_dtype]
+    if arch.mla:
+        return arch.kv_layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * dtype
     heads = max(1, math.ceil(arch.num_kv_heads / tensor_parallel_size))
-    return 2 * arch.num_layers * heads * arch.head_dim * KV_DTYPE_BYTES[kv_cache_dtype]
+    return 2 * arch.kv_layers * heads * arch.head_dim * dtype
 
 
 def forward_bytes(arch: ModelArch, tokens: int, tp: int, engine: Engine) -> int:
@@ -257,7 +267,7 @@ def kv_bytes_for_request(
     tokens in flight (``chunk``), as vLLM's hybrid allocator frees blocks that fall out of the
     window.
     """
-    per_layer_token = kv_bytes_per_token(arch, dtype, tp) // arch.num_layers
+    per_layer_token = kv_bytes_per_token(arch, dtype, tp) // arch.kv_layers
     blocks = math.ceil(length / BLOCK_SIZE)
     window_blocks = blocks
     if arch.sliding_window:
@@ -265,7 +275,8 @@ def kv_bytes_for_request(
     tokens_held = (
         arch.full_attention_layers * blocks + arch.sliding_window_layers * window_blocks
     ) * BLOCK_SIZE
-    return tokens_held * per_layer_token
+    # a hybrid model's recurrent layers hold a fixed state per sequence, split by TP
+    return tokens_held * per_layer_token + arch.state_bytes_per_seq // tp
 
 
 def _kv_option(
@@ -275,8 +286,8 @@ def _kv_option(
     # vLLM keeps one block as the null block; the rest is the pool requests draw from.
     pool = max(0, int(available // (per_token * BLOCK_SIZE)) - 1) * per_token * BLOCK_SIZE
     per_request = kv_bytes_for_request(arch, max_model_len, dtype, tp, chunk)
-    if arch.sliding_window:
-        # hybrid models: vLLM reports tokens as concurrency x max_model_len
+    if arch.sliding_window or arch.hybrid:
+        # hybrid allocators: vLLM reports tokens as concurrency x max_model_len
         concurrency = pool / per_request if per_request else 0.0
         tokens = int(concurrency * max_model_len)
     else:
@@ -313,7 +324,7 @@ def plan_engine(spec: PlanInput) -> Engine:
     return engine_for(
         spec.vllm_version,
         arch.architecture,
-        hybrid=False,
+        hybrid=arch.hybrid,
         moe=bool(arch.num_experts),
         runner=spec.runner,
         estimate_cudagraphs=spec.estimate_cudagraphs,
@@ -338,7 +349,9 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         batched = max(min(batched, seqs * max_model_len), min(seqs, batched))
     seqs = min(seqs, batched)
     sm100 = any(n in spec.gpu_name.upper() for n in ("B200", "B100", "GB200", "B300"))
-    notes: list[str] = []
+    notes: list[str] = list(arch.unmodelled)
+    if quant not in _LINEAR_BITS:
+        notes.append(f"quantization {quant!r} is not modelled: its weights planned as 16-bit")
 
     budget = spec.gpu_memory_gib * util
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
