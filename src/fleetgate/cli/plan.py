@@ -25,9 +25,9 @@ from fleetgate.plan import (
     plan_deployment,
     plan_input,
 )
-from fleetgate.plan.engine import Version
 from fleetgate.plan.fromlog import NotAStartupLog, compare, plan_input_from_log, read_startup_log
 from fleetgate.plan.memory import GIB
+from fleetgate.plan.rules import Version
 from fleetgate.plan.suggest import SEQUENCES, Suggestions
 from fleetgate.plan.suggest import suggest as suggest_settings
 

@@ -185,8 +185,8 @@ class ModelArch:
                 "caching state pages are not modelled"
             )
 
-        window = cfg.get("sliding_window")
-        use_window = cfg.get("use_sliding_window", True) and window
+        window = int(cfg.get("sliding_window") or 0)
+        use_window = bool(cfg.get("use_sliding_window", True)) and window > 0
         window_layers = 0
         if use_window:
             if pattern:
@@ -244,7 +244,7 @@ class ModelArch:
                 )
             ),
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 4096),
-            sliding_window=int(window) if window and use_window and window_layers else None,
+            sliding_window=window if use_window and window_layers else None,
             sliding_window_layers=window_layers,
             num_experts=experts,
             moe_intermediate_size=int(

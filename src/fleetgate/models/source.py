@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetgate.errors import FleetgateError
 from fleetgate.models.arch import ModelArch
 from fleetgate.models.catalog import catalog_arch, detect_quantization
 from fleetgate.models.hub import HubConfig, HubError, from_cache, from_hub, looks_like_repo_id
 from fleetgate.models.safetensors import checkpoint_bytes, tensor_bytes
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(FleetgateError):
     """The model's architecture cannot be had: not in the catalog, and no readable config.json
     (or safetensors files) given for it."""
 

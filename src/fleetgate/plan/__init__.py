@@ -1,15 +1,6 @@
 """The GPU memory planner: will a deployment fit, and what is the largest context that does."""
 
 from fleetgate.plan.display import memory_bar
-from fleetgate.plan.engine import (
-    DEFAULT_VLLM,
-    NEWEST_MODELLED,
-    Engine,
-    check_version,
-    engine_for,
-    format_version,
-    parse_vllm_version,
-)
 from fleetgate.plan.fleetplan import plan_fleet, plan_input, plan_problems
 from fleetgate.plan.memory import (
     BLOCK_SIZE,
@@ -22,22 +13,31 @@ from fleetgate.plan.memory import (
     plan_deployment,
     weight_bytes,
 )
+from fleetgate.plan.rules import (
+    DEFAULT_VLLM,
+    NEWEST_MODELLED,
+    MemoryRules,
+    check_version,
+    format_version,
+    memory_rules_for,
+    parse_vllm_version,
+)
 
 __all__ = [
     "BLOCK_SIZE",
     "DEFAULT_VLLM",
     "NEWEST_MODELLED",
     "DeploymentPlan",
-    "Engine",
     "KvOption",
+    "MemoryRules",
     "PlanInput",
     "activation_bytes",
     "check_version",
     "cuda_graph_bytes",
-    "engine_for",
     "format_version",
     "kv_bytes_per_token",
     "memory_bar",
+    "memory_rules_for",
     "parse_vllm_version",
     "plan_deployment",
     "plan_fleet",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fleetgate.fleetfile import Fleet, Problem
 from fleetgate.models import UnknownModelError, load_model_info
-from fleetgate.plan.engine import parse_vllm_version
 from fleetgate.plan.memory import DeploymentPlan, PlanInput, plan_deployment
+from fleetgate.plan.rules import parse_vllm_version
 
 
 def plan_input(fleet: Fleet, name: str) -> PlanInput:

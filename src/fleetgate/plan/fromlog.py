@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetgate.models import ModelInfo
-from fleetgate.plan.engine import DEFAULT_VLLM, check_version
 from fleetgate.plan.memory import KV_DTYPE_BYTES, DeploymentPlan, PlanInput
+from fleetgate.plan.rules import DEFAULT_VLLM, check_version
 
 # Arguments that change memory in ways the planner does not model: said, never ignored.
 _NOT_MODELLED = (

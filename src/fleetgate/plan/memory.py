@@ -5,7 +5,7 @@ forward pass of ``max_num_batched_tokens`` tokens (and a sampler pass over one l
 dummy request), measures memory that torch does not own, subtracts its CUDA-graph estimate
 where its version and model runner do, and gives what is left to the KV cache in blocks of 16
 tokens. This module computes each term from the model's shapes and the version's facts
-(:mod:`fleetgate.plan.engine`), so it generalises beyond the logs it was checked against.
+(:mod:`fleetgate.plan.rules`), so it generalises beyond the logs it was checked against.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import math
 from dataclasses import dataclass, field
 
 from fleetgate.models import ModelArch, ModelInfo
-from fleetgate.plan.engine import (
+from fleetgate.plan.rules import (
     DEFAULT_VLLM,
-    Engine,
+    MemoryRules,
     Runner,
     Version,
     default_batch,
-    engine_for,
     format_version,
+    memory_rules_for,
 )
 from fleetgate.plan.startup import StartupCheck, startup_check
 
@@ -179,7 +179,7 @@ def kv_bytes_per_token(arch: ModelArch, kv_cache_dtype: str, tensor_parallel_siz
     return 2 * arch.kv_layers * heads * arch.head_dim * dtype
 
 
-def forward_bytes(arch: ModelArch, tokens: int, tp: int, engine: Engine) -> int:
+def forward_bytes(arch: ModelArch, tokens: int, tp: int, rules: MemoryRules) -> int:
     """Peak of the profile forward pass: one decoder layer's live tensors for ``tokens`` tokens."""
     h = arch.hidden_size
     q = arch.num_attention_heads * arch.head_dim // tp
@@ -190,29 +190,29 @@ def forward_bytes(arch: ModelArch, tokens: int, tp: int, engine: Engine) -> int:
     per_token = 2 * (3 * h + q + 2 * kv) + 2 * 3 * inter
     if arch.num_experts:
         per_token += 2 * 2 * h  # MoE permuted hidden states and router outputs
-    return int(tokens * per_token * engine.forward_factor)
+    return int(tokens * per_token * rules.forward_factor)
 
 
-def sampler_bytes(arch: ModelArch, tokens: int, seqs: int, engine: Engine) -> int:
+def sampler_bytes(arch: ModelArch, tokens: int, seqs: int, rules: MemoryRules) -> int:
     """The sampler pass: one logits row per dummy request (min(tokens, seqs) rows, the full
     vocabulary, not split by tensor parallelism), at the runner's bytes per element."""
-    return int(min(seqs, tokens) * arch.vocab_size * engine.sampler_bytes)
+    return int(min(seqs, tokens) * arch.vocab_size * rules.sampler_bytes)
 
 
 def activation_bytes(
-    arch: ModelArch, tokens: int, seqs: int, tp: int = 1, engine: Engine | None = None
+    arch: ModelArch, tokens: int, seqs: int, tp: int = 1, rules: MemoryRules | None = None
 ) -> int:
     """Peak memory of the profile run: the larger of the forward pass over ``tokens`` tokens and
     the sampler pass, plus fixed buffers."""
-    engine = engine or engine_for(DEFAULT_VLLM, arch.architecture)
-    sampler = sampler_bytes(arch, tokens, seqs, engine)
-    return max(forward_bytes(arch, tokens, tp, engine), sampler) + int(ACTIVATION_BASE_GIB * GIB)
+    rules = rules or memory_rules_for(DEFAULT_VLLM, arch.architecture)
+    sampler = sampler_bytes(arch, tokens, seqs, rules)
+    return max(forward_bytes(arch, tokens, tp, rules), sampler) + int(ACTIVATION_BASE_GIB * GIB)
 
 
 def cuda_graph_sizes(
     max_num_seqs: int,
     max_num_batched_tokens: int,
-    engine: Engine | None = None,
+    rules: MemoryRules | None = None,
     *,
     sm100: bool = False,
 ) -> list[int]:
@@ -220,14 +220,14 @@ def cuda_graph_sizes(
     min(2 x max_num_seqs, 512, max_num_batched_tokens) (1024 instead of 512 on data-centre
     Blackwell from 0.28); max_num_batched_tokens is added when it is the cap and off the grid,
     and from 0.31 max_num_seqs too."""
-    engine = engine or engine_for(DEFAULT_VLLM)
-    limit = engine.cap_sm100 if sm100 else 512
+    rules = rules or memory_rules_for(DEFAULT_VLLM)
+    limit = rules.cap_sm100 if sm100 else 512
     largest = min(2 * max_num_seqs, limit, max_num_batched_tokens)
     grid = [1, 2, 4, *range(8, 257, 8), *range(272, 1025, 16)]
     sizes = [s for s in grid if s <= largest]
     if largest == max_num_batched_tokens and largest not in sizes:
         sizes.append(largest)
-    if engine.capture_max_num_seqs and max_num_seqs <= largest and max_num_seqs not in sizes:
+    if rules.capture_max_num_seqs and max_num_seqs <= largest and max_num_seqs not in sizes:
         sizes.append(max_num_seqs)
     return sorted(sizes)
 
@@ -237,7 +237,7 @@ def cuda_graph_bytes(
     max_num_seqs: int,
     max_num_batched_tokens: int,
     tp: int = 1,
-    engine: Engine | None = None,
+    rules: MemoryRules | None = None,
     *,
     sm100: bool = False,
 ) -> int:
@@ -245,8 +245,8 @@ def cuda_graph_bytes(
     decode sizes up to ``max_num_seqs``) it captures the two largest graphs and takes
     first + second x (graphs - 1), the larger first capture counted once. The first holds the
     largest batch's activations; each further graph a little private memory."""
-    engine = engine or engine_for(DEFAULT_VLLM, arch.architecture)
-    sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens, engine, sm100=sm100)
+    rules = rules or memory_rules_for(DEFAULT_VLLM, arch.architecture)
+    sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens, rules, sm100=sm100)
     if not sizes:
         return 0
     piecewise = len(sizes)
@@ -255,7 +255,7 @@ def cuda_graph_bytes(
         CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN * arch.num_layers * arch.hidden_size // tp
     )
     further = (piecewise - 1) + max(0, full - 1)
-    return forward_bytes(arch, sizes[-1], tp, engine) + further * per_graph
+    return forward_bytes(arch, sizes[-1], tp, rules) + further * per_graph
 
 
 def kv_bytes_for_request(
@@ -318,10 +318,10 @@ def nccl_gib(spec: PlanInput) -> float:
     return NCCL_P2P_GIB if spec.gpu_p2p else NCCL_NO_P2P_GIB
 
 
-def plan_engine(spec: PlanInput) -> Engine:
+def plan_rules(spec: PlanInput) -> MemoryRules:
     """The version's facts for this deployment's model (and any runner/env override)."""
     arch = spec.model.arch
-    return engine_for(
+    return memory_rules_for(
         spec.vllm_version,
         arch.architecture,
         hybrid=arch.hybrid,
@@ -335,16 +335,16 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     """Predict what vLLM will log at start-up for one server, and whether it starts."""
     arch = spec.model.arch
     tp = spec.tensor_parallel_size
-    engine = plan_engine(spec)
+    rules = plan_rules(spec)
     quant = spec.quantization or spec.model.quantization
-    util = spec.gpu_memory_utilization or engine.default_utilization
+    util = spec.gpu_memory_utilization or rules.default_utilization
     max_model_len = spec.max_model_len or arch.max_position_embeddings
-    default_tokens, default_seqs = default_batch(engine, spec.gpu_memory_gib, spec.gpu_name)
+    default_tokens, default_seqs = default_batch(rules, spec.gpu_memory_gib, spec.gpu_name)
     seqs = spec.max_num_seqs or default_seqs
-    if not engine.chunked_prefill and max_model_len <= V0_CHUNKED_PREFILL_ABOVE:
+    if not rules.chunked_prefill and max_model_len <= V0_CHUNKED_PREFILL_ABOVE:
         default_tokens = max(default_tokens, max_model_len)
     batched = spec.max_num_batched_tokens or max(default_tokens, seqs)
-    if spec.max_num_batched_tokens is None and engine.chunked_prefill:
+    if spec.max_num_batched_tokens is None and rules.chunked_prefill:
         # vLLM clamps the default to what the requests can hold
         batched = max(min(batched, seqs * max_model_len), min(seqs, batched))
     seqs = min(seqs, batched)
@@ -355,21 +355,21 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
 
     budget = spec.gpu_memory_gib * util
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
-    activation = activation_bytes(arch, batched, seqs, tp, engine) / GIB
-    non_torch = engine.non_torch_gib
-    if engine.nccl_in_budget:
+    activation = activation_bytes(arch, batched, seqs, tp, rules) / GIB
+    non_torch = rules.non_torch_gib
+    if rules.nccl_in_budget:
         non_torch += nccl_gib(spec)
     graph_estimate = 0.0
-    if not spec.enforce_eager and engine.graphs != "none":
-        graph_estimate = cuda_graph_bytes(arch, seqs, batched, tp, engine, sm100=sm100) / GIB
-    deducted = graph_estimate if engine.graphs_deducted and not spec.enforce_eager else 0.0
-    if engine.graphs == "zero (V2 runner)" and not spec.enforce_eager:
+    if not spec.enforce_eager and rules.graphs != "none":
+        graph_estimate = cuda_graph_bytes(arch, seqs, batched, tp, rules, sm100=sm100) / GIB
+    deducted = graph_estimate if rules.graphs_deducted and not spec.enforce_eager else 0.0
+    if rules.graphs == "zero (V2 runner)" and not spec.enforce_eager:
         graph_estimate = 0.0
         notes.append(
             "the V2 model runner does not estimate CUDA graphs in this version: they are "
             "captured from the 1 - utilization headroom"
         )
-    elif engine.graphs == "opt-in" and not spec.enforce_eager:
+    elif rules.graphs == "opt-in" and not spec.enforce_eager:
         notes.append(
             f"CUDA graphs (estimate {graph_estimate:.2f} GiB) come out of the 1 - utilization "
             "headroom: vLLM deducts them only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1"
@@ -381,7 +381,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     else:
         available = budget - weights - activation - overhead
 
-    chunk = batched * engine.sliding_inflight
+    chunk = batched * rules.sliding_inflight
     kv_gib = max(available, 0) * GIB
     chosen = _kv_option(kv_gib, arch, spec.kv_cache_dtype, tp, max_model_len, chunk)
     reasons = []
@@ -407,7 +407,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         util,
         host_os=spec.host_os,
         desktop_reserve_gib=spec.desktop_reserve_gib,
-        nccl_gib=0.0 if engine.nccl_in_budget else nccl_gib(spec),
+        nccl_gib=0.0 if rules.nccl_in_budget else nccl_gib(spec),
     )
     refused = not startup.passes and startup.certain
     fallback = None
@@ -438,12 +438,12 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         fits=kv_fits and not refused,
         reasons=reasons,
         fp16_fallback=fallback,
-        vllm_version=format_version(engine.version),
-        model_runner=engine.runner,
-        engine=engine.label,
+        vllm_version=format_version(rules.version),
+        model_runner=rules.runner,
+        engine=rules.label,
         non_torch_gib=round(non_torch, 3),
         cudagraph_gib=round(graph_estimate, 3),
-        cudagraph_term="eager (none)" if spec.enforce_eager else engine.graphs,
+        cudagraph_term="eager (none)" if spec.enforce_eager else rules.graphs,
         notes=notes,
         model_source=spec.model.source,
         weights_exact=spec.model.weight_bytes is not None,

@@ -11,12 +11,12 @@ from fleetgate.plan import (
     NEWEST_MODELLED,
     PlanInput,
     check_version,
-    engine_for,
+    memory_rules_for,
     parse_vllm_version,
     plan_deployment,
 )
-from fleetgate.plan.engine import default_batch, runner_for
 from fleetgate.plan.memory import cuda_graph_sizes
+from fleetgate.plan.rules import default_batch, runner_for
 
 
 @pytest.mark.parametrize(
@@ -68,25 +68,25 @@ def test_hybrid_models_stay_on_v1_until_0_29() -> None:
 
 
 def test_cuda_graph_term_by_version() -> None:
-    assert engine_for((0, 17, 1)).graphs == "none"
-    assert engine_for((0, 19, 0)).graphs == "opt-in"
-    assert engine_for((0, 19, 0), estimate_cudagraphs=True).graphs == "estimated"
-    assert engine_for((0, 21, 0)).graphs == "estimated"
-    assert engine_for((0, 21, 0), estimate_cudagraphs=False).graphs == "opt-in"
+    assert memory_rules_for((0, 17, 1)).graphs == "none"
+    assert memory_rules_for((0, 19, 0)).graphs == "opt-in"
+    assert memory_rules_for((0, 19, 0), estimate_cudagraphs=True).graphs == "estimated"
+    assert memory_rules_for((0, 21, 0)).graphs == "estimated"
+    assert memory_rules_for((0, 21, 0), estimate_cudagraphs=False).graphs == "opt-in"
 
 
 def test_default_utilization_is_0_92_from_0_21() -> None:
-    assert engine_for((0, 20, 2)).default_utilization == 0.9
-    assert engine_for((0, 21, 0)).default_utilization == 0.92
+    assert memory_rules_for((0, 20, 2)).default_utilization == 0.9
+    assert memory_rules_for((0, 21, 0)).default_utilization == 0.92
 
 
 def test_batch_defaults_by_gpu_size() -> None:
-    e = engine_for((0, 30, 0))
+    e = memory_rules_for((0, 30, 0))
     assert default_batch(e, 23.55, "RTX 4090") == (2048, 256)
     assert default_batch(e, 79.15, "A100-80GB") == (2048, 256)
     assert default_batch(e, 79.19, "H100") == (8192, 1024)
     assert default_batch(e, 178.4, "B200") == (16384, 1024)
-    assert default_batch(engine_for((0, 29, 0)), 178.4, "B200") == (8192, 1024)
+    assert default_batch(memory_rules_for((0, 29, 0)), 178.4, "B200") == (8192, 1024)
 
 
 def test_capture_sizes() -> None:
@@ -95,11 +95,11 @@ def test_capture_sizes() -> None:
     # max_num_batched_tokens is captured when it is the cap and off the grid
     assert cuda_graph_sizes(256, 300)[-1] == 300
     # from 0.31 max_num_seqs is captured when off the grid
-    assert 13 not in cuda_graph_sizes(13, 2048, engine_for((0, 30, 0)))
-    assert 13 in cuda_graph_sizes(13, 2048, engine_for((0, 31, 0)))
+    assert 13 not in cuda_graph_sizes(13, 2048, memory_rules_for((0, 30, 0)))
+    assert 13 in cuda_graph_sizes(13, 2048, memory_rules_for((0, 31, 0)))
     # data-centre Blackwell raises the cap to 1024 from 0.28
-    assert cuda_graph_sizes(1024, 8192, engine_for((0, 28, 0)), sm100=True)[-1] == 1024
-    assert cuda_graph_sizes(1024, 8192, engine_for((0, 27, 0)), sm100=True)[-1] == 512
+    assert cuda_graph_sizes(1024, 8192, memory_rules_for((0, 28, 0)), sm100=True)[-1] == 1024
+    assert cuda_graph_sizes(1024, 8192, memory_rules_for((0, 27, 0)), sm100=True)[-1] == 512
 
 
 def _gemma(version: tuple[int, ...]) -> int:

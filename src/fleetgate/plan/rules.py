@@ -3,7 +3,7 @@
 Read from vLLM's own wheels (0.10.2 ... 0.33.0: ``v1/worker/gpu_worker.py``,
 ``gpu_model_runner.py``, ``v1/worker/gpu/model_runner.py``, ``engine/arg_utils.py``,
 ``config/vllm.py``). The terms of the memory account change with the version AND the runner,
-so each fact below names the version it starts at; :func:`engine_for` is the one place that
+so each fact below names the version it starts at; :func:`memory_rules_for` is the one place that
 turns a version and a model into those facts.
 """
 
@@ -45,7 +45,7 @@ _SAMPLER_BYTES = {"V0": 36.0, "V1": 15.0, "V1-twice": 18.0, "V2": 6.0}
 
 
 @dataclass(frozen=True)
-class Engine:
+class MemoryRules:
     """The start-up accounting of one vLLM version for one model."""
 
     version: Version  # as asked
@@ -112,7 +112,7 @@ def runner_for(version: Version, architecture: str, *, hybrid: bool, moe: bool) 
     return "V1"
 
 
-def engine_for(
+def memory_rules_for(
     version: Version,
     architecture: str = "LlamaForCausalLM",
     *,
@@ -120,7 +120,7 @@ def engine_for(
     moe: bool = False,
     runner: Runner | None = None,
     estimate_cudagraphs: bool | None = None,
-) -> Engine:
+) -> MemoryRules:
     """The facts for ``version`` (planned as the newest modelled when newer).
 
     ``runner`` forces a model runner (``VLLM_USE_V2_MODEL_RUNNER``); ``estimate_cudagraphs``
@@ -148,7 +148,7 @@ def engine_for(
     else:
         graphs = "estimated"
 
-    return Engine(
+    return MemoryRules(
         version=tuple(version),
         modelled=tuple(modelled),
         runner=chosen,
@@ -166,12 +166,12 @@ def engine_for(
     )
 
 
-def default_batch(engine: Engine, gpu_memory_gib: float, gpu_name: str = "") -> tuple[int, int]:
+def default_batch(rules: MemoryRules, gpu_memory_gib: float, gpu_name: str = "") -> tuple[int, int]:
     """vLLM's API-server defaults (``get_batch_defaults``): (max_num_batched_tokens,
     max_num_seqs). 2048/256 under 70 GiB and on any A100; 8192/1024 from 70 GiB; 16384/1024
     from 160 GiB (0.30+)."""
     if gpu_memory_gib >= 70 and "a100" not in gpu_name.lower():
-        if gpu_memory_gib >= 160 and engine.modelled >= (0, 30):
+        if gpu_memory_gib >= 160 and rules.modelled >= (0, 30):
             return 16384, 1024
         return 8192, 1024
     return 2048, 256
