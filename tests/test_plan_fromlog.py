@@ -186,3 +186,19 @@ def test_the_logs_model_path_from_another_machine(monkeypatch: pytest.MonkeyPatc
     )
     assert result.exit_code == 1
     assert "give --model ORG/NAME or --config PATH" in " ".join(result.output.split())
+
+
+def test_a_logged_free_memory_refusal_is_planned_as_one() -> None:
+    # nosana-ci/pipeline-templates#170: 18.78 of 23.5 GiB free, util 0.9 asked 21.15 GiB
+    out = from_log(
+        str(LOGS / "nosana-pipeline-templates-170-free-memory.log"),
+        "--model",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "--vllm-version",
+        "0.24.0",
+    )
+    s = term(out, "starts")
+    assert s["logged"] == 0.0 and s["planned"] == 0.0
+    startup = out["plan"]["startup"]
+    assert startup["free_gib"] == pytest.approx(18.78, abs=0.01)
+    assert startup["max_utilization"] == 0.79

@@ -15,6 +15,7 @@ from typing import Any
 
 from fleetgate.models import ModelInfo
 from fleetgate.plan.memory import KV_DTYPE_BYTES, DeploymentPlan, PlanInput
+from fleetgate.plan.startup import CUDA_CONTEXT_LINUX_GIB
 from fleetgate.plan.rules import DEFAULT_VLLM, check_version
 
 # Arguments that change memory in ways the planner does not model: said, never ignored.
@@ -256,6 +257,10 @@ def plan_input_from_log(
     if not log.version:
         unmodelled.append("the log names no vLLM version: planned as the default")
     kv_bytes = a.get("kv_cache_memory_bytes")
+    # a logged refusal says what was free: what else held the GPU becomes the host's reserve
+    reserve = None
+    if log.free_gib is not None and log.total_gib is not None:
+        reserve = max(0.0, log.total_gib - log.free_gib - CUDA_CONTEXT_LINUX_GIB)
     spec = PlanInput(
         name=log.model or "from log",
         model=info,
@@ -274,5 +279,6 @@ def plan_input_from_log(
         enforce_eager=bool(a.get("enforce_eager")),
         vllm_version=version,
         kv_cache_memory_bytes=int(kv_bytes) if kv_bytes else None,
+        desktop_reserve_gib=reserve,
     )
     return spec, unmodelled
