@@ -15,8 +15,8 @@ from typing import Any
 
 from fleetgate.models import ModelInfo
 from fleetgate.plan.memory import KV_DTYPE_BYTES, DeploymentPlan, PlanInput
-from fleetgate.plan.startup import CUDA_CONTEXT_LINUX_GIB
 from fleetgate.plan.rules import DEFAULT_VLLM, check_version
+from fleetgate.plan.startup import CUDA_CONTEXT_LINUX_GIB
 
 # Arguments that change memory in ways the planner does not model: said, never ignored.
 _NOT_MODELLED = (
