@@ -202,3 +202,21 @@ def test_a_logged_free_memory_refusal_is_planned_as_one() -> None:
     startup = out["plan"]["startup"]
     assert startup["free_gib"] == pytest.approx(18.78, abs=0.01)
     assert startup["max_utilization"] == 0.79
+
+
+def test_drift_between_plan_and_report() -> None:
+    from fleetgate.models import load_model_info
+    from fleetgate.plan import PlanInput, plan_deployment
+    from fleetgate.plan.fromlog import drift, plan_input_from_log
+
+    log = read_startup_log(read("vllm-10517-rtx3090-llama31-8b-20k.log"))
+    log.version = "0.6.4"
+    info = load_model_info("meta-llama/Llama-3.1-8B-Instruct")
+    spec, _ = plan_input_from_log(log, info, gpu_memory_gib=23.58)
+    d = drift(plan_deployment(spec), log)
+    assert d is not None and abs(d.relative) < 0.01 and d.warning is None
+    # the same log against a plan for another card: over 10% off is a warning with both numbers
+    other = plan_deployment(PlanInput("x", info, 31.36, "RTX 5090", max_model_len=20000))
+    far = drift(other, log)
+    assert far is not None and far.warning is not None
+    assert f"{other.kv_cache_tokens:,}" in far.warning and "31,232" in far.warning

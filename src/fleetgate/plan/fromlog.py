@@ -282,3 +282,35 @@ def plan_input_from_log(
         desktop_reserve_gib=reserve,
     )
     return spec, unmodelled
+
+
+# A plan more than this far from what vLLM reported is a warning with both numbers.
+DRIFT_WARN = 0.10
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Planned against reported KV tokens of one running deployment (for a release)."""
+
+    planned_tokens: int
+    reported_tokens: int
+
+    @property
+    def relative(self) -> float:
+        return self.planned_tokens / self.reported_tokens - 1 if self.reported_tokens else 0.0
+
+    @property
+    def warning(self) -> str | None:
+        if abs(self.relative) <= DRIFT_WARN:
+            return None
+        return (
+            f"planned {self.planned_tokens:,} KV tokens, vLLM reported "
+            f"{self.reported_tokens:,} ({self.relative:+.0%})"
+        )
+
+
+def drift(plan: DeploymentPlan, log: StartupLog) -> Drift | None:
+    """How far the plan was from the deployment's own start-up lines (None: it logged none)."""
+    if log.kv_cache_tokens is None:
+        return None
+    return Drift(plan.kv_cache_tokens, log.kv_cache_tokens)
