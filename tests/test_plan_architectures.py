@@ -118,3 +118,32 @@ def test_an_unknown_quantization_is_said_not_silently_dense(tmp_path: Path) -> N
     assert i.quantization == "auto_round"
     p = plan_deployment(PlanInput("q", i, 23.55, "RTX 4090", max_model_len=8192))
     assert any("'auto_round' is not modelled" in n for n in p.notes)
+
+
+def test_hybrid_kv_layout_against_a_real_log() -> None:
+    # club-3090#612 (vLLM 0.24.0, RTX 5090): Qwen3.6-35B-A3B, fp8 KV, prefix caching, 131072
+    # context: "Available KV cache memory: 5.98 GiB", "GPU KV cache size: 567,978 tokens",
+    # "4.33x". Given vLLM's own available memory, the layout (10 attention layers' KV, two
+    # Gated DeltaNet state pages per sequence with prefix caching) gives the tokens.
+    spec = PlanInput(
+        "q",
+        info("Qwen3.6-35B-A3B"),
+        31.36,
+        "RTX 5090",
+        max_model_len=131072,
+        max_num_seqs=1,
+        max_num_batched_tokens=8192,
+        kv_cache_dtype="fp8",
+        vllm_version=(0, 24, 0),
+        kv_cache_memory_bytes=int(5.98 * GIB),
+        enable_prefix_caching=True,
+    )
+    p = plan_deployment(spec)
+    assert p.kv_cache_tokens == pytest.approx(567_978, rel=0.02)
+    assert p.max_concurrency == pytest.approx(4.33, abs=0.1)
+    # one state page without prefix caching: more room for tokens
+    from dataclasses import replace
+
+    assert plan_deployment(replace(spec, enable_prefix_caching=False)).kv_cache_tokens > (
+        p.kv_cache_tokens
+    )

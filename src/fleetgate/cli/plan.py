@@ -106,6 +106,9 @@ def plan(
     quantization: Quant | None = typer.Option(None, help="default: detected from the model id"),
     tensor_parallel_size: int = typer.Option(1, min=1),
     enforce_eager: bool = typer.Option(False, help="no CUDA graphs"),
+    enable_prefix_caching: bool = typer.Option(
+        False, help="hybrid (Mamba/GDN) models keep a second state page per sequence with it"
+    ),
     host_os: HostOs = typer.Option(HostOs.linux, help="the host's OS (start-up check)"),
     desktop_reserve_gib: float | None = typer.Option(
         None, min=0, help="GPU memory the desktop holds before vLLM (default: 1.0 on Windows)"
@@ -170,6 +173,7 @@ def plan(
                     gpu_arch=known.arch if known else "",
                     host_os=host_os.value,
                     desktop_reserve_gib=desktop_reserve_gib,
+                    enable_prefix_caching=enable_prefix_caching,
                 )
             ]
         if suggest:

@@ -32,6 +32,7 @@ def plan_input(fleet: Fleet, name: str) -> PlanInput:
         gpu_arch=gpu.arch,
         host_os=host.os,
         desktop_reserve_gib=host.desktop_reserve_gib,
+        enable_prefix_caching="--enable-prefix-caching" in dep.extra_args,
     )
 
 

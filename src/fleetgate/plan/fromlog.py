@@ -280,6 +280,7 @@ def plan_input_from_log(
         vllm_version=version,
         kv_cache_memory_bytes=int(kv_bytes) if kv_bytes else None,
         desktop_reserve_gib=reserve,
+        enable_prefix_caching=bool(a.get("enable_prefix_caching")),
     )
     return spec, unmodelled
 

@@ -88,6 +88,8 @@ class PlanInput:
     estimate_cudagraphs: bool | None = None
     kv_cache_memory_bytes: int | None = None  # --kv-cache-memory-bytes: bypasses profiling
     gpu_arch: str = ""
+    # hybrid models keep a second state page per sequence with prefix caching
+    enable_prefix_caching: bool = False
     host_os: str = "linux"  # what else holds the GPU before vLLM starts (start-up check)
     desktop_reserve_gib: float | None = None  # measured by the owner; None: the OS's default
 
@@ -139,6 +141,7 @@ class DeploymentPlan:
     model_source: str = ""  # where the architecture came from (HF cache, catalog, Hub, file)
     weights_exact: bool = False  # from the safetensors headers, not from the shapes
     inflight_tokens: int = 2048  # tokens a sliding-window layer holds beyond its window
+    state_pages: int = 1  # recurrent-state pages per sequence (hybrid models)
     startup: StartupCheck | None = None  # vLLM's free-memory check at start-up
     kv_fits: bool = True  # the memory verdict alone (fits: this and a start-up check that
     # passes or only likely fails, the desktop's share being an estimate)
@@ -259,7 +262,12 @@ def cuda_graph_bytes(
 
 
 def kv_bytes_for_request(
-    arch: ModelArch, length: int, dtype: str, tp: int = 1, chunk: int = 2048
+    arch: ModelArch,
+    length: int,
+    dtype: str,
+    tp: int = 1,
+    chunk: int = 2048,
+    state_pages: int = 1,
 ) -> int:
     """KV bytes one request of ``length`` tokens holds, in whole 16-token blocks.
 
@@ -275,17 +283,24 @@ def kv_bytes_for_request(
     tokens_held = (
         arch.full_attention_layers * blocks + arch.sliding_window_layers * window_blocks
     ) * BLOCK_SIZE
-    # a hybrid model's recurrent layers hold a fixed state per sequence, split by TP
-    return tokens_held * per_layer_token + arch.state_bytes_per_seq // tp
+    # a hybrid model's recurrent layers hold a fixed state per sequence, split by TP: one page,
+    # two with prefix caching (the running state and a checkpoint)
+    return tokens_held * per_layer_token + state_pages * arch.state_bytes_per_seq // tp
 
 
 def _kv_option(
-    available: float, arch: ModelArch, dtype: str, tp: int, max_model_len: int, chunk: int
+    available: float,
+    arch: ModelArch,
+    dtype: str,
+    tp: int,
+    max_model_len: int,
+    chunk: int,
+    state_pages: int = 1,
 ) -> KvOption:
     per_token = kv_bytes_per_token(arch, dtype, tp)
     # vLLM keeps one block as the null block; the rest is the pool requests draw from.
     pool = max(0, int(available // (per_token * BLOCK_SIZE)) - 1) * per_token * BLOCK_SIZE
-    per_request = kv_bytes_for_request(arch, max_model_len, dtype, tp, chunk)
+    per_request = kv_bytes_for_request(arch, max_model_len, dtype, tp, chunk, state_pages)
     if arch.sliding_window or arch.hybrid:
         # hybrid allocators: vLLM reports tokens as concurrency x max_model_len
         concurrency = pool / per_request if per_request else 0.0
@@ -297,7 +312,7 @@ def _kv_option(
     lo, hi = 0, arch.max_position_embeddings
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if kv_bytes_for_request(arch, mid, dtype, tp, chunk) <= pool:
+        if kv_bytes_for_request(arch, mid, dtype, tp, chunk, state_pages) <= pool:
             lo = mid
         else:
             hi = mid - 1
@@ -383,7 +398,8 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
 
     chunk = batched * rules.sliding_inflight
     kv_gib = max(available, 0) * GIB
-    chosen = _kv_option(kv_gib, arch, spec.kv_cache_dtype, tp, max_model_len, chunk)
+    pages = 2 if spec.enable_prefix_caching else 1
+    chosen = _kv_option(kv_gib, arch, spec.kv_cache_dtype, tp, max_model_len, chunk, pages)
     reasons = []
     if available <= 0:
         reasons.append(
@@ -412,7 +428,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     refused = not startup.passes and startup.certain
     fallback = None
     if chosen.kv_bytes_per_token < kv_bytes_per_token(arch, "auto", tp):
-        fallback = _kv_option(kv_gib, arch, "auto", tp, max_model_len, chunk)
+        fallback = _kv_option(kv_gib, arch, "auto", tp, max_model_len, chunk, pages)
 
     return DeploymentPlan(
         name=spec.name,
@@ -448,6 +464,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         model_source=spec.model.source,
         weights_exact=spec.model.weight_bytes is not None,
         inflight_tokens=chunk,
+        state_pages=pages,
         startup=startup,
         kv_fits=kv_fits,
     )

@@ -56,7 +56,9 @@ def _largest_context(spec: PlanInput, seqs: int, dtype: str) -> int:
     lo, hi = 0, arch.max_position_embeddings
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        need = seqs * kv_bytes_for_request(arch, mid, dtype, spec.tensor_parallel_size, chunk)
+        need = seqs * kv_bytes_for_request(
+            arch, mid, dtype, spec.tensor_parallel_size, chunk, plan.state_pages
+        )
         lo, hi = (mid, hi) if need <= pool else (lo, mid - 1)
     return lo
 
@@ -69,7 +71,12 @@ def suggest(spec: PlanInput) -> Suggestions:
     for dtype in KV_DTYPES:
         plan = plan_deployment(replace(spec, kv_cache_dtype=dtype))
         per_request = kv_bytes_for_request(
-            arch, plan.max_model_len, dtype, spec.tensor_parallel_size, plan.inflight_tokens
+            arch,
+            plan.max_model_len,
+            dtype,
+            spec.tensor_parallel_size,
+            plan.inflight_tokens,
+            plan.state_pages,
         )
         options.append(
             DtypeOption(
