@@ -388,3 +388,12 @@ def test_plan_fleet_with_cross_check_errors_exits_1(tmp_path: Path) -> None:
     result = invoke("plan", str(path))
     assert result.exit_code == 1
     assert "box:8000 is already used" in flat(result.stderr)
+
+
+def test_plan_fleet_takes_the_version_from_the_image_or_the_option() -> None:
+    [from_image, _] = json.loads(invoke("plan", str(EXAMPLE), "--json", env=ENV).stdout)
+    assert from_image["vllm_version"] == "0.32.0"  # examples/homelab pins v0.32.0
+    [forced, _] = json.loads(
+        invoke("plan", str(EXAMPLE), "--json", "--vllm-version", "0.19.1", env=ENV).stdout
+    )
+    assert forced["vllm_version"] == "0.19.1" and forced["model_runner"] == "V1"

@@ -149,6 +149,9 @@ def plan(
         if fleet is not None:
             loaded = load_or_exit(fleet, strict_env=False)
             specs = [plan_input(loaded.fleet, n) for n in loaded.fleet.deployments]
+            forced = _version(vllm_version)
+            if forced is not None:  # "what if I upgrade": instead of each image's tag
+                specs = [dataclasses.replace(s, vllm_version=forced) for s in specs]
         else:
             assert model is not None
             known, gpu_name, memory = _gpu(gpu, gpu_memory)
