@@ -51,6 +51,8 @@ class Quant(StrEnum):
     int8 = "int8"
     fp8 = "fp8"
     bitsandbytes = "bitsandbytes"
+    nvfp4 = "nvfp4"
+    mxfp4 = "mxfp4"
 
 
 def plan_to_dict(plan: DeploymentPlan) -> dict:
@@ -103,7 +105,9 @@ def plan(
         None, min=16, help="tokens per forward pass; default: vLLM's for the GPU size"
     ),
     kv_cache_dtype: KvDtype = typer.Option(KvDtype.auto),
-    quantization: Quant | None = typer.Option(None, help="default: detected from the model id"),
+    quantization: Quant | None = typer.Option(
+        None, help="default: the checkpoint's quantization_config, else detected from the id"
+    ),
     tensor_parallel_size: int = typer.Option(1, min=1),
     enforce_eager: bool = typer.Option(False, help="no CUDA graphs"),
     enable_prefix_caching: bool = typer.Option(
@@ -133,7 +137,9 @@ def plan(
     Give a FLEET file to plan each deployment, or --model with --gpu/--gpu-memory for one
     ad-hoc deployment (vLLM's defaults for what is not given; --host-os and
     --desktop-reserve-gib for what else holds the GPU). Exit 1 if anything does not fit or
-    will not pass vLLM's start-up free-memory check.
+    will not pass vLLM's start-up free-memory check. --suggest prints a table of settings
+    instead; --from-log sets a plan beside a real vLLM start-up log. Every plan names the vLLM
+    version and model runner it assumed.
     """
     if from_log is not None:
         if fleet is not None:
