@@ -283,10 +283,31 @@ def test_plan_ad_hoc_defaults_are_vllms() -> None:
     assert result.exit_code == 0, result.output
     [p] = json.loads(result.stdout)
     assert p["gpu_memory_gib"] == 24.0
-    assert p["gpu_memory_utilization"] == 0.9
+    assert p["gpu_memory_utilization"] == 0.92  # the default of 0.21 and later
     assert p["max_model_len"] == 32768  # the model's own context
     assert p["quantization"] == "none"
     assert p["kv_cache_dtype"] == "auto"
+    assert p["vllm_version"] == "0.32.0" and p["model_runner"] == "V2"
+
+
+def test_plan_ad_hoc_names_the_version_and_runner_it_assumed() -> None:
+    args = ["plan", "--model", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--gpu", "RTX 4090"]
+    old = invoke(*args, "--vllm-version", "0.19.1", "--json")
+    assert old.exit_code == 0, old.output
+    [p] = json.loads(old.stdout)
+    assert p["gpu_memory_utilization"] == 0.9 and p["cudagraph_term"] == "opt-in"
+    human = invoke(*args, "--vllm-version", "0.24.0")
+    assert "assumes vLLM 0.24.0, V1 model runner" in flat(human.stdout)
+    future = invoke(*args, "--vllm-version", "0.41.0")
+    assert "newer than the newest modelled; planned as 0.33.0" in flat(future.stdout)
+
+
+def test_plan_bad_vllm_version_is_a_usage_error() -> None:
+    result = invoke(
+        "plan", "--model", "Qwen/Qwen2.5-7B", "--gpu", "RTX 4090", "--vllm-version", "latest"
+    )
+    assert result.exit_code == 2
+    assert "X.Y.Z" in flat(result.output)
 
 
 def test_plan_ad_hoc_that_does_not_fit_exits_1() -> None:
@@ -367,3 +388,12 @@ def test_plan_fleet_with_cross_check_errors_exits_1(tmp_path: Path) -> None:
     result = invoke("plan", str(path))
     assert result.exit_code == 1
     assert "box:8000 is already used" in flat(result.stderr)
+
+
+def test_plan_fleet_takes_the_version_from_the_image_or_the_option() -> None:
+    [from_image, _] = json.loads(invoke("plan", str(EXAMPLE), "--json", env=ENV).stdout)
+    assert from_image["vllm_version"] == "0.32.0"  # examples/homelab pins v0.32.0
+    [forced, _] = json.loads(
+        invoke("plan", str(EXAMPLE), "--json", "--vllm-version", "0.19.1", env=ENV).stdout
+    )
+    assert forced["vllm_version"] == "0.19.1" and forced["model_runner"] == "V1"

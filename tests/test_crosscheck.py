@@ -325,41 +325,6 @@ def test_fp16_kv_on_ampere_is_quiet() -> None:
     assert problems(("hosts/gpu1/gpus", ["RTX 3090"])) == []
 
 
-def test_windows_high_utilization_warns() -> None:
-    [p] = problems(("hosts/gpu1/os", "windows"), ("deployments/llama/gpu_memory_utilization", 0.97))
-    assert p.level == "warning"
-    assert p.path == "deployments.llama.gpu_memory_utilization"
-    assert "Windows" in p.message and "0.97" in p.message
-
-
-def test_windows_suggested_utilization_clears_the_warning() -> None:
-    # 8 GiB: 1 - 1/8 = 0.875 must be suggested as 0.87, not rounded up to 0.88 (which warns)
-    [p] = problems(
-        ("hosts/gpu1", {"os": "windows", "gpus": [{"memory_gib": 8, "arch": "ada"}]}),
-        ("deployments/llama/gpu_memory_utilization", 0.95),
-    )
-    suggested = float(p.suggestion.rsplit(" ", 1)[-1])
-    assert suggested == 0.87
-    assert (
-        problems(
-            ("hosts/gpu1", {"os": "windows", "gpus": [{"memory_gib": 8, "arch": "ada"}]}),
-            ("deployments/llama/gpu_memory_utilization", suggested),
-        )
-        == []
-    )
-
-
-def test_windows_moderate_utilization_is_quiet() -> None:
-    assert (
-        problems(("hosts/gpu1/os", "windows"), ("deployments/llama/gpu_memory_utilization", 0.9))
-        == []
-    )
-
-
-def test_linux_high_utilization_is_quiet() -> None:
-    assert problems(("deployments/llama/gpu_memory_utilization", 0.97)) == []
-
-
 # --- public names and their limits -------------------------------------------------------------
 
 

@@ -247,7 +247,8 @@ def test_config_json_gemma2_alternates_sliding_layers(tmp_path: Path) -> None:
     assert (arch.num_layers, arch.num_kv_heads, arch.head_dim) == (42, 8, 256)
     assert (arch.sliding_window, arch.sliding_window_layers) == (4096, 21)
     assert arch.torch_dtype == "float32"
-    assert arch.tie_word_embeddings is False  # not given: the reader's default
+    # not given: transformers' default for Gemma configs is tied (one embedding matrix)
+    assert arch.tie_word_embeddings is True
     assert info.quantization == "none"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 
@@ -12,9 +13,23 @@ from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.fleetfile import FleetError, lookup_gpu
+from fleetgate.fleetfile import FleetError, GpuModel, lookup_gpu
 from fleetgate.models import UnknownModelError, load_model_info
-from fleetgate.plan import DeploymentPlan, PlanInput, memory_bar, plan_deployment, plan_input
+from fleetgate.plan import (
+    DEFAULT_VLLM,
+    DeploymentPlan,
+    PlanInput,
+    check_version,
+    format_version,
+    memory_bar,
+    plan_deployment,
+    plan_input,
+)
+from fleetgate.plan.fromlog import NotAStartupLog, compare, plan_input_from_log, read_startup_log
+from fleetgate.plan.memory import GIB
+from fleetgate.plan.rules import Version
+from fleetgate.plan.suggest import SEQUENCES, Suggestions
+from fleetgate.plan.suggest import suggest as suggest_settings
 
 
 class KvDtype(StrEnum):
@@ -24,6 +39,11 @@ class KvDtype(StrEnum):
     fp8_e5m2 = "fp8_e5m2"
 
 
+class HostOs(StrEnum):
+    linux = "linux"
+    windows = "windows"
+
+
 class Quant(StrEnum):
     none = "none"
     awq = "awq"
@@ -31,25 +51,53 @@ class Quant(StrEnum):
     int8 = "int8"
     fp8 = "fp8"
     bitsandbytes = "bitsandbytes"
+    nvfp4 = "nvfp4"
+    mxfp4 = "mxfp4"
 
 
 def plan_to_dict(plan: DeploymentPlan) -> dict:
     data = dataclasses.asdict(plan)
     data["headroom_gib"] = round(plan.headroom_gib, 3)
+    data["verdict"] = plan.verdict
+    if plan.startup is not None:
+        data["startup"] |= {
+            "held_gib": round(plan.startup.held_gib, 3),
+            "free_gib": round(plan.startup.free_gib, 3),
+            "passes": plan.startup.passes,
+            "max_utilization": plan.startup.max_utilization,
+        }
     return data
 
 
 @app.command(rich_help_panel="Plan")
 def plan(
     fleet: Path | None = typer.Argument(None, help="plan every deployment of this fleet file"),
-    model: str | None = typer.Option(None, help="plan one ad-hoc deployment of this HF model id"),
-    config: Path | None = typer.Option(None, help="the model's config.json (unknown models)"),
+    model: str | None = typer.Option(
+        None,
+        help="plan one ad-hoc deployment of this model: a Hugging Face ORG/NAME (read from the "
+        "HF cache, the bundled catalog or the Hub; HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT "
+        "apply) or a local model directory",
+    ),
+    config: Path | None = typer.Option(
+        None, help="the model's config.json (instead of the HF cache, the catalog or the Hub)"
+    ),
+    revision: str | None = typer.Option(
+        None, help="the Hub revision (branch, tag or commit) of --model; default main"
+    ),
     gpu: str | None = typer.Option(None, help="GPU catalog name, e.g. 'RTX 3090'"),
     gpu_memory: float | None = typer.Option(
         None, help="total GPU memory in GiB (instead of --gpu)"
     ),
-    gpu_memory_utilization: float = typer.Option(
-        0.9, min=0.01, max=1.0, help="share of GPU memory vLLM may take"
+    gpu_memory_utilization: float | None = typer.Option(
+        None,
+        min=0.01,
+        max=1.0,
+        help="share of GPU memory vLLM may take; default: the version's (0.92 from 0.21)",
+    ),
+    vllm_version: str | None = typer.Option(
+        None,
+        help="the vLLM version to plan for (X.Y.Z; its start-up accounting differs by version); "
+        f"default {format_version(DEFAULT_VLLM)}, the default image's (with --from-log: the log's)",
     ),
     max_model_len: int | None = typer.Option(None, min=16, help="default: the model's own"),
     max_num_seqs: int | None = typer.Option(None, min=1, help="default: vLLM's (256)"),
@@ -57,57 +105,90 @@ def plan(
         None, min=16, help="tokens per forward pass; default: vLLM's for the GPU size"
     ),
     kv_cache_dtype: KvDtype = typer.Option(KvDtype.auto),
-    quantization: Quant | None = typer.Option(None, help="default: detected from the model id"),
+    quantization: Quant | None = typer.Option(
+        None, help="default: the checkpoint's quantization_config, else detected from the id"
+    ),
     tensor_parallel_size: int = typer.Option(1, min=1),
     enforce_eager: bool = typer.Option(False, help="no CUDA graphs"),
+    enable_prefix_caching: bool = typer.Option(
+        False, help="hybrid (Mamba/GDN) models keep a second state page per sequence with it"
+    ),
+    host_os: HostOs = typer.Option(HostOs.linux, help="the host's OS (start-up check)"),
+    desktop_reserve_gib: float | None = typer.Option(
+        None, min=0, help="GPU memory the desktop holds before vLLM (default: 1.0 on Windows)"
+    ),
+    from_log: str | None = typer.Option(
+        None,
+        "--from-log",
+        help="a vLLM start-up log (FILE, or - for stdin): rebuild the deployment it describes "
+        "and print plan and log side by side (--model/--config/--gpu where the log lacks them)",
+    ),
+    suggest: bool = typer.Option(
+        False,
+        "--suggest",
+        help="a table of settings instead: per KV dtype the largest context at 1/2/4/8 "
+        "sequences, the most sequences at the asked context, the fp16 cost, and the highest "
+        "utilization that passes the start-up check",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Will it fit? Weights, activation, overhead and KV cache per GPU, as vLLM accounts them.
 
     Give a FLEET file to plan each deployment, or --model with --gpu/--gpu-memory for one
-    ad-hoc deployment (vLLM's defaults for what is not given). Exit 1 if anything does not fit.
+    ad-hoc deployment (vLLM's defaults for what is not given; --host-os and
+    --desktop-reserve-gib for what else holds the GPU). Exit 1 if anything does not fit or
+    will not pass vLLM's start-up free-memory check. --suggest prints a table of settings
+    instead; --from-log sets a plan beside a real vLLM start-up log. Every plan names the vLLM
+    version and model runner it assumed.
     """
+    if from_log is not None:
+        if fleet is not None:
+            err_console.print("[red]error:[/] give a FLEET file or --from-log (not both)")
+            raise typer.Exit(2)
+        _plan_from_log(from_log, model, config, revision, gpu, gpu_memory, vllm_version, as_json)
+        return
     if (fleet is None) == (model is None):
         err_console.print("[red]error:[/] give a FLEET file or --model (not both)")
         raise typer.Exit(2)
-    plans: list[DeploymentPlan] = []
+    specs: list[PlanInput] = []
     try:
         if fleet is not None:
             loaded = load_or_exit(fleet, strict_env=False)
-            plans = [plan_deployment(plan_input(loaded.fleet, n)) for n in loaded.fleet.deployments]
+            specs = [plan_input(loaded.fleet, n) for n in loaded.fleet.deployments]
+            forced = _version(vllm_version)
+            if forced is not None:  # "what if I upgrade": instead of each image's tag
+                specs = [dataclasses.replace(s, vllm_version=forced) for s in specs]
         else:
             assert model is not None
-            if (gpu is None) == (gpu_memory is None):
-                err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
-                raise typer.Exit(2)
-            try:
-                known = lookup_gpu(gpu) if gpu else None
-            except KeyError as exc:
-                message = exc.args[0].replace("give memory_gib and arch", "use --gpu-memory GIB")
-                err_console.print(f"[red]error:[/] {message}")
-                raise typer.Exit(1) from None
-            gpu_name = known.name if known else f"{gpu_memory:g} GiB"
-            memory = known.memory_gib if known else float(gpu_memory or 0)
-            info = load_model_info(model, config_path=config)
-            plans = [
-                plan_deployment(
-                    PlanInput(
-                        name=model,
-                        model=info,
-                        gpu_memory_gib=memory,
-                        gpu_name=gpu_name,
-                        gpu_p2p=known.p2p if known else False,
-                        gpu_memory_utilization=gpu_memory_utilization,
-                        max_model_len=max_model_len,
-                        max_num_seqs=max_num_seqs,
-                        max_num_batched_tokens=max_num_batched_tokens,
-                        kv_cache_dtype=kv_cache_dtype.value,
-                        quantization=quantization.value if quantization else None,
-                        tensor_parallel_size=tensor_parallel_size,
-                        enforce_eager=enforce_eager,
-                    )
+            known, gpu_name, memory = _gpu(gpu, gpu_memory)
+            version = _version(vllm_version) or DEFAULT_VLLM
+            info = load_model_info(model, config_path=config, revision=revision)
+            specs = [
+                PlanInput(
+                    name=model,
+                    model=info,
+                    gpu_memory_gib=memory,
+                    gpu_name=gpu_name,
+                    gpu_p2p=known.p2p if known else False,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    max_model_len=max_model_len,
+                    max_num_seqs=max_num_seqs,
+                    max_num_batched_tokens=max_num_batched_tokens,
+                    kv_cache_dtype=kv_cache_dtype.value,
+                    quantization=quantization.value if quantization else None,
+                    tensor_parallel_size=tensor_parallel_size,
+                    enforce_eager=enforce_eager,
+                    vllm_version=version,
+                    gpu_arch=known.arch if known else "",
+                    host_os=host_os.value,
+                    desktop_reserve_gib=desktop_reserve_gib,
+                    enable_prefix_caching=enable_prefix_caching,
                 )
             ]
+        if suggest:
+            _print_suggestions([suggest_settings(spec) for spec in specs], as_json)
+            return
+        plans = [plan_deployment(spec) for spec in specs]
     except (UnknownModelError, KeyError) as exc:
         err_console.print(f"[red]error:[/] {exc.args[0]}")
         raise typer.Exit(1) from None
@@ -125,10 +206,178 @@ def plan(
         raise typer.Exit(1)
 
 
+def _gpu(gpu: str | None, gpu_memory: float | None) -> tuple[GpuModel | None, str, float]:
+    """--gpu NAME or --gpu-memory GIB, exactly one: (catalog entry, name, GiB)."""
+    if (gpu is None) == (gpu_memory is None):
+        err_console.print("[red]error:[/] give --gpu NAME or --gpu-memory GIB")
+        raise typer.Exit(2)
+    try:
+        known = lookup_gpu(gpu) if gpu else None
+    except KeyError as exc:
+        message = exc.args[0].replace("give memory_gib and arch", "use --gpu-memory GIB")
+        err_console.print(f"[red]error:[/] {message}")
+        raise typer.Exit(1) from None
+    if known:
+        return known, known.name, known.memory_gib
+    return None, f"{gpu_memory:g} GiB", float(gpu_memory or 0)
+
+
+def _version(text: str | None) -> Version | None:
+    if text is None:
+        return None
+    try:
+        return check_version(text)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] --vllm-version: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _plan_from_log(
+    source: str,
+    model: str | None,
+    config: Path | None,
+    revision: str | None,
+    gpu: str | None,
+    gpu_memory: float | None,
+    vllm_version: str | None,
+    as_json: bool,
+) -> None:
+    """``plan --from-log``: the deployment a real start-up log describes, planned beside it."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(errors="replace")
+    except OSError as exc:
+        err_console.print(f"[red]error:[/] cannot read {source}: {exc.strerror}")
+        raise typer.Exit(1) from None
+    try:
+        log = read_startup_log(text)
+    except NotAStartupLog as exc:
+        err_console.print(f"[red]error:[/] {source}: {exc}")
+        raise typer.Exit(1) from None
+    forced = _version(vllm_version)
+    if forced is not None:
+        log.version = format_version(forced)
+    model_id = model or log.model
+    if model_id is None and config is None:
+        err_console.print(
+            f"[red]error:[/] {source} does not name the model: give --model ORG/NAME or --config"
+        )
+        raise typer.Exit(2)
+    if gpu is None and gpu_memory is None and log.total_gib is not None:
+        known, gpu_name, memory = None, f"{log.total_gib:g} GiB (from the log)", log.total_gib
+    elif gpu is None and gpu_memory is None:
+        err_console.print(
+            f"[red]error:[/] {source} does not state the GPU's memory: give --gpu NAME or "
+            "--gpu-memory GIB"
+        )
+        raise typer.Exit(2)
+    else:
+        known, gpu_name, memory = _gpu(gpu, gpu_memory)
+    try:
+        info = load_model_info(model_id or "model", config_path=config, revision=revision)
+    except UnknownModelError as exc:
+        hint = "" if model else " (the log's model; give --model ORG/NAME or --config PATH)"
+        err_console.print(f"[red]error:[/] {exc.args[0]}{hint}")
+        raise typer.Exit(1) from None
+    spec, unmodelled = plan_input_from_log(
+        log, info, gpu_memory_gib=memory, gpu_name=gpu_name, gpu_p2p=bool(known and known.p2p)
+    )
+    if log.device == "cpu" and log.available_kv_gib is not None:
+        # the CPU backend takes VLLM_CPU_KVCACHE_SPACE as is: no profile to predict
+        spec = dataclasses.replace(spec, kv_cache_memory_bytes=int(log.available_kv_gib * GIB))
+        unmodelled.append("CPU backend: the KV space is VLLM_CPU_KVCACHE_SPACE, taken from the log")
+    planned = plan_deployment(spec)
+    terms = compare(planned, log)
+    if as_json:
+        out = {
+            "log": dataclasses.asdict(log),
+            "plan": plan_to_dict(planned),
+            "terms": [
+                dataclasses.asdict(t) | {"difference": t.difference, "relative": t.relative}
+                for t in terms
+            ],
+            "not_modelled": unmodelled,
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return
+    console.rule(f"plan vs log: [bold]{planned.model}[/]", align="left")
+    console.print(f"on {planned.gpu}; assumes {planned.engine}", highlight=False)
+    table = Table(box=None, pad_edge=False)
+    for column in ("term", "plan", "log", "difference"):
+        table.add_column(column, justify="left" if column == "term" else "right")
+    for t in terms:
+        if t.name == "starts":
+            fmt = {None: "—", 1.0: "yes", 0.0: "no"}
+            table.add_row(
+                t.name,
+                fmt[t.planned],
+                fmt[t.logged],
+                "agree" if (t.logged is None or t.logged == t.planned) else "[red]DISAGREE[/]",
+            )
+            continue
+        digits = 0 if t.unit == "tokens" else 2
+        diff = "" if t.difference is None else f"{t.difference:+,.{digits}f}"
+        if t.relative is not None:
+            diff += f" ({t.relative:+.1%})"
+        table.add_row(
+            f"{t.name} ({t.unit})" if t.unit else t.name,
+            _cell(t.planned, digits),
+            _cell(t.logged, digits),
+            diff,
+        )
+    console.print(table)
+    for note in [*unmodelled, *planned.notes]:
+        console.print(f"note: {note}", highlight=False)
+
+
+def _print_suggestions(all_suggestions: list[Suggestions], as_json: bool) -> None:
+    if as_json:
+        out = []
+        for sug in all_suggestions:
+            data = dataclasses.asdict(sug)
+            data.pop("plan")
+            out.append(data)
+        print(json.dumps(out, indent=2))
+        return
+    for sug in all_suggestions:
+        console.rule(f"settings for [bold]{sug.name}[/]", align="left")
+        console.print(f"{sug.model} on {sug.gpu}; assumes {sug.engine}", highlight=False)
+        table = Table(box=None, pad_edge=False)
+        table.add_column("KV dtype")
+        table.add_column("KV tokens", justify="right")
+        for n in SEQUENCES:
+            table.add_column(f"context @{n} seq{'s' if n > 1 else ''}", justify="right")
+        table.add_column(f"seqs @{sug.max_model_len}", justify="right")
+        for o in sug.options:
+            table.add_row(
+                o.kv_cache_dtype,
+                f"{o.kv_cache_tokens:,}",
+                *(f"{o.largest_context[n]:,}" for n in SEQUENCES),
+                str(o.most_sequences),
+            )
+        console.print(table)
+        fp8 = next(o for o in sug.options if o.kv_cache_dtype == "fp8")
+        share = sug.fp16_cost_tokens / fp8.kv_cache_tokens if fp8.kv_cache_tokens else 0
+        console.print(
+            f"fp16 (auto) instead of fp8 costs {sug.fp16_cost_tokens:,} KV tokens ({share:.0%})",
+            highlight=False,
+        )
+        console.print(
+            f"highest gpu_memory_utilization that passes the start-up check: "
+            f"{sug.max_utilization} ({sug.tokens_at_max_utilization:,} KV tokens there)",
+            highlight=False,
+        )
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
 def _print_plan(p: DeploymentPlan) -> None:
-    verdict = "[green]fits[/]" if p.fits else "[red]does NOT fit[/]"
+    color = "green" if p.verdict == "fits" else ("yellow" if p.fits else "red")
+    verdict = f"[{color}]{p.verdict}[/]"
     console.rule(f"{verdict}: [bold]{p.name}[/]", align="left")
     console.print(f"{p.model} on {p.gpu} ({p.gpu_memory_gib:.2f} GiB)", highlight=False)
+    console.print(f"assumes {p.engine}", highlight=False)
     console.print(memory_bar(p))
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -139,13 +388,22 @@ def _print_plan(p: DeploymentPlan) -> None:
             f"{p.budget_gib:.2f} GiB = {p.gpu_memory_utilization} x {p.gpu_memory_gib:.2f}"
             f" GiB (tp {p.tensor_parallel_size})",
         ),
-        ("weights", f"{p.weights_gib:.2f} GiB ({p.quantization})"),
+        ("model", p.model_source or "bundled catalog"),
+        (
+            "weights",
+            f"{p.weights_gib:.2f} GiB ({p.quantization}; "
+            f"{'safetensors headers' if p.weights_exact else 'from the shapes'})",
+        ),
         (
             "activation",
             f"{p.activation_gib:.2f} GiB (profile pass of "
             f"{p.max_num_batched_tokens} tokens, {p.max_num_seqs} seqs)",
         ),
-        ("overhead", f"{p.overhead_gib:.2f} GiB (non-torch memory, CUDA graphs)"),
+        (
+            "overhead",
+            f"{p.overhead_gib:.2f} GiB (non-torch {p.non_torch_gib:.2f}; CUDA graphs "
+            f"{p.cudagraph_gib:.2f}, {p.cudagraph_term})",
+        ),
         (
             "KV cache",
             (
@@ -176,6 +434,11 @@ def _print_plan(p: DeploymentPlan) -> None:
                 ),
             )
         )
+    if p.startup is not None:
+        color = "green" if p.startup.passes else ("red" if p.startup.certain else "yellow")
+        rows.append((f"[{color}]start-up check[/]", p.startup.describe()))
+    for note in p.notes:
+        rows.append(("note", note))
     for reason in p.reasons:
         rows.append(("[red]why[/]", reason))
     for k, v in rows:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from fleetgate.fleetfile.gpus import FP8_KV_ARCHITECTURES
 from fleetgate.fleetfile.load import FleetError, Problem
 from fleetgate.fleetfile.routes import resolve_alias, route_limits
 from fleetgate.fleetfile.schema import Fleet, Gateway
-
-# vLLM refuses to start when free memory is below total x util; a Windows desktop's display
-# and compositor usually hold 0.3-1.5 GiB, so leave at least this much outside vLLM's share.
-WINDOWS_DESKTOP_RESERVE_GIB = 1.0
 
 
 def check_fleet(fleet: Fleet) -> list[Problem]:
@@ -62,21 +56,6 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                     level="warning",
                 )
             )
-        if host.os == "windows" and host.gpus:
-            total = host.gpus[0].memory_gib or 0
-            left = total * (1 - dep.gpu_memory_utilization)
-            if left < WINDOWS_DESKTOP_RESERVE_GIB:
-                add(
-                    Problem(
-                        f"{where}.gpu_memory_utilization",
-                        f"{dep.gpu_memory_utilization} leaves {left:.2f} GiB of "
-                        f"{total:.2f} GiB to a Windows desktop that usually holds "
-                        "0.3-1.5 GiB: vLLM's free-memory check will likely refuse to start",
-                        "close GPU apps on that box, or lower gpu_memory_utilization to "
-                        f"{math.floor((1 - WINDOWS_DESKTOP_RESERVE_GIB / total) * 100) / 100}",
-                        level="warning",
-                    )
-                )
 
     seen: dict[tuple[str, int], str] = {}
     for name, dep in fleet.deployments.items():

@@ -86,6 +86,12 @@ class Host(_Strict):
         "/usr/local/bin/fleetgate in the gateway's systemd unit, the PATH's in its script",
     )
     gpus: list[Gpu] = []
+    desktop_reserve_gib: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="GPU memory (GiB) the host's desktop and other apps hold before vLLM starts; "
+        "vLLM's start-up check needs total x gpu_memory_utilization free. Default: 1.0 on "
+        "Windows (a desktop holds 0.3-1.5), none on Linux",
+    )
 
 
 class Deployment(_Strict):

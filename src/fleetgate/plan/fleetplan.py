@@ -7,7 +7,8 @@ from typing import Any
 from fleetgate.fleetfile import Fleet, Problem
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan.display import memory_split
-from fleetgate.plan.memory import DeploymentPlan, PlanInput, parse_vllm_version, plan_deployment
+from fleetgate.plan.memory import DeploymentPlan, PlanInput, plan_deployment
+from fleetgate.plan.rules import parse_vllm_version
 
 
 def plan_input(fleet: Fleet, name: str) -> PlanInput:
@@ -31,6 +32,10 @@ def plan_input(fleet: Fleet, name: str) -> PlanInput:
         tensor_parallel_size=dep.tensor_parallel_size,
         enforce_eager=dep.enforce_eager,
         vllm_version=parse_vllm_version(dep.image if dep.runtime == "docker" else None),
+        gpu_arch=gpu.arch,
+        host_os=host.os,
+        desktop_reserve_gib=host.desktop_reserve_gib,
+        enable_prefix_caching="--enable-prefix-caching" in dep.extra_args,
     )
 
 
@@ -52,7 +57,9 @@ def fleet_memory(fleet: Fleet) -> dict[str, dict[str, Any]]:
 
 
 def plan_problems(fleet: Fleet) -> list[Problem]:
-    """Deployments that will not start, as fleet-file problems with a suggestion each."""
+    """Deployments that will not start, as fleet-file problems with a suggestion each: the
+    memory fit (errors) and vLLM's start-up free-memory check (an error when the host's
+    reserve is known, a warning when it is the OS's estimate) — the verdict ``plan`` prints."""
     problems = []
     for name in fleet.deployments:
         where = f"deployments.{name}"
@@ -61,20 +68,31 @@ def plan_problems(fleet: Fleet) -> list[Problem]:
         except UnknownModelError as exc:
             problems.append(Problem(f"{where}.model", str(exc)))
             continue
-        if plan.fits:
-            continue
-        fix = (
-            f"lower max_model_len to {plan.max_model_len_fit}"
-            if plan.max_model_len_fit
-            else ("use a smaller or quantized model")
-        )
-        if plan.kv_cache_dtype == "auto":
-            fix += ", or set kv_cache_dtype: fp8"
-        problems.append(
-            Problem(
-                f"{where}.max_model_len",
-                "does not fit: " + "; ".join(plan.reasons),
-                fix + ", or raise gpu_memory_utilization",
+        if not plan.kv_fits:
+            fix = (
+                f"lower max_model_len to {plan.max_model_len_fit}"
+                if plan.max_model_len_fit
+                else ("use a smaller or quantized model")
             )
-        )
+            if plan.kv_cache_dtype == "auto":
+                fix += ", or set kv_cache_dtype: fp8"
+            problems.append(
+                Problem(
+                    f"{where}.max_model_len",
+                    "does not fit: " + "; ".join(plan.reasons),
+                    fix + ", or raise gpu_memory_utilization",
+                )
+            )
+        check = plan.startup
+        if check is not None and not check.passes:
+            host = fleet.deployments[name].host
+            problems.append(
+                Problem(
+                    f"{where}.gpu_memory_utilization",
+                    "vLLM's start-up free-memory check " + check.describe(),
+                    f"lower gpu_memory_utilization to {check.max_utilization}, close what uses "
+                    f"the GPU, or set hosts.{host}.desktop_reserve_gib to what it really holds",
+                    level="error" if check.certain else "warning",
+                )
+            )
     return problems

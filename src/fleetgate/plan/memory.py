@@ -1,10 +1,11 @@
-"""The GPU memory model, following vLLM's own start-up accounting (V1 engine).
+"""The GPU memory model, following vLLM's own start-up accounting, version by version.
 
 vLLM takes ``total x gpu_memory_utilization`` as its budget, loads the weights, runs a profile
-forward pass of ``max_num_batched_tokens`` tokens (and a sampler pass over ``max_num_seqs``
-rows of logits), measures memory that torch does not own, estimates CUDA-graph memory unless
-eager, and gives what is left to the KV cache in blocks of 16 tokens. This module computes each
-term from the model's shapes, so it generalises beyond the logs it was checked against.
+forward pass of ``max_num_batched_tokens`` tokens (and a sampler pass over one logits row per
+dummy request), measures memory that torch does not own, subtracts its CUDA-graph estimate
+where its version and model runner do, and gives what is left to the KV cache in blocks of 16
+tokens. This module computes each term from the model's shapes and the version's facts
+(:mod:`fleetgate.plan.rules`), so it generalises beyond the logs it was checked against.
 """
 
 from __future__ import annotations
@@ -13,77 +14,32 @@ import math
 from dataclasses import dataclass, field
 
 from fleetgate.models import ModelArch, ModelInfo
+from fleetgate.plan.rules import (
+    DEFAULT_VLLM,
+    MemoryRules,
+    Runner,
+    Version,
+    default_batch,
+    format_version,
+    memory_rules_for,
+)
+from fleetgate.plan.startup import StartupCheck, startup_check
 
 GIB = 1024**3
+MIB = 1024**2
 BLOCK_SIZE = 16
 
-
-def default_max_num_batched_tokens(gpu_memory_gib: float) -> int:
-    """vLLM's API-server default: 8192 on GPUs of 70 GiB and more, 2048 below."""
-    return 8192 if gpu_memory_gib >= 70 else 2048
-
-
-def default_max_num_seqs(gpu_memory_gib: float) -> int:
-    return 1024 if gpu_memory_gib >= 70 else 256
-
-
-@dataclass(frozen=True)
-class MemoryRules:
-    """How one generation of vLLM accounts for memory at start-up.
-
-    ``chunked_prefill``: the profile pass is ``max_num_batched_tokens`` tokens (V1); without it
-    (V0) it is the whole ``max_model_len``. ``sampler_bytes``: bytes per logits element at the
-    sampler's peak (float32 logits plus softmax/sort temporaries). ``forward_factor`` scales the
-    per-token tensor sizes of one decoder layer to the measured peak. ``graphs_deducted``: since
-    v0.21 the CUDA-graph estimate comes out of the budget; before, graphs used the headroom.
-    """
-
-    chunked_prefill: bool
-    sampler_bytes: float
-    forward_factor: float
-    graphs_deducted: bool
-
-
-# V0 turned chunked prefill on by itself for contexts longer than this.
-V0_CHUNKED_PREFILL_ABOVE = 32768
-
-
-def memory_rules_for(version: tuple[int, int]) -> MemoryRules:
-    if version < (0, 8):
-        return MemoryRules(
-            chunked_prefill=False, sampler_bytes=36, forward_factor=0.9, graphs_deducted=False
-        )
-    return MemoryRules(
-        chunked_prefill=True,
-        sampler_bytes=15,
-        forward_factor=1.17,
-        graphs_deducted=version >= (0, 21),
-    )
-
-
-def parse_vllm_version(text: str | None) -> tuple[int, int]:
-    """``vllm/vllm-openai:v0.32.0`` or ``0.19.1`` -> (0, 32); unknown -> the current (0, 32)."""
-    if text:
-        tag = text.rsplit(":", 1)[-1].lstrip("v")
-        parts = tag.split(".")
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            return int(parts[0]), int(parts[1])
-    return CURRENT_VLLM
-
-
-CURRENT_VLLM = (0, 32)
-
-# Memory that appears during start-up outside torch's allocator (cuBLAS workspaces, allocator
-# slack); the CUDA context itself exists before vLLM's baseline and lives in the headroom.
-NON_TORCH_GIB = 0.25
 # With tensor parallelism on GPUs with peer-to-peer access (NVLink, datacenter PCIe), NCCL and
-# vLLM's custom all-reduce keep ~2 GiB per GPU; without it (GeForce) custom all-reduce is off.
-NON_TORCH_TP_P2P_GIB = 2.05
+# vLLM's custom all-reduce keep ~2 GiB per GPU; without it (GeForce) custom all-reduce is off
+# and NCCL keeps ~0.25 GiB. Before 0.11 that came out of the KV budget; from 0.11 it is taken
+# before vLLM's first memory snapshot, so it only counts in the start-up free-memory check.
+NCCL_P2P_GIB = 2.0
+NCCL_NO_P2P_GIB = 0.22
 # Small buffers the profile pass keeps whatever the batch (rotary caches, attention workspace).
 ACTIVATION_BASE_GIB = 0.05
-# CUDA graphs: one graph per capture size and mode (FULL and PIECEWISE); the first capture holds
-# the largest batch's activations, each further one a little private memory that grows with
-# the layers' hidden states.
+# CUDA graphs: vLLM captures the two largest sizes per mode and extrapolates; the first capture
+# holds the largest batch's activations, each further one a little private memory that grows
+# with the layers' hidden states (at least 1 MiB, vLLM's floor).
 CUDA_GRAPH_BYTES_PER_GRAPH = 1 << 20
 CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN = 54
 
@@ -96,9 +52,17 @@ _LINEAR_BITS = {
     "int8": 8 + 16 / 4096,
     "fp8": 8 + 16 / 4096,
     "bitsandbytes": 4 + 8 / 64 + 32 / (64 * 256),
+    # NVFP4: 4-bit values, an fp8 scale per 16 (and a per-tensor fp32 scale)
+    "nvfp4": 4 + 8 / 16,
+    # MXFP4 (gpt-oss): 4-bit values, an 8-bit shared exponent per 32; experts only
+    "mxfp4": 4 + 8 / 32,
 }
 
 KV_DTYPE_BYTES = {"auto": 2, "fp16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+
+
+# V0 turned chunked prefill on by itself for contexts longer than this.
+V0_CHUNKED_PREFILL_ABOVE = 32768
 
 
 @dataclass(frozen=True)
@@ -110,7 +74,7 @@ class PlanInput:
     gpu_memory_gib: float
     gpu_name: str = "GPU"
     gpu_p2p: bool = True
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None  # None: the version's default (0.92 from 0.21)
     max_model_len: int | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
@@ -118,7 +82,16 @@ class PlanInput:
     quantization: str | None = None
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
-    vllm_version: tuple[int, int] = CURRENT_VLLM
+    vllm_version: Version = DEFAULT_VLLM
+    # VLLM_USE_V2_MODEL_RUNNER / VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS; None: the default
+    runner: Runner | None = None
+    estimate_cudagraphs: bool | None = None
+    kv_cache_memory_bytes: int | None = None  # --kv-cache-memory-bytes: bypasses profiling
+    gpu_arch: str = ""
+    # hybrid models keep a second state page per sequence with prefix caching
+    enable_prefix_caching: bool = False
+    host_os: str = "linux"  # what else holds the GPU before vLLM starts (start-up check)
+    desktop_reserve_gib: float | None = None  # measured by the owner; None: the OS's default
 
 
 @dataclass(frozen=True)
@@ -149,7 +122,7 @@ class DeploymentPlan:
     quantization: str
     weights_gib: float
     activation_gib: float
-    overhead_gib: float
+    overhead_gib: float  # non-torch memory + the CUDA-graph estimate, where deducted
     available_kv_gib: float
     kv_bytes_per_token: int
     kv_cache_tokens: int
@@ -158,6 +131,29 @@ class DeploymentPlan:
     fits: bool
     reasons: list[str] = field(default_factory=list)
     fp16_fallback: KvOption | None = None
+    vllm_version: str = format_version(DEFAULT_VLLM)
+    model_runner: str = "V1"
+    engine: str = ""  # "vLLM 0.24.0, V2 model runner", with a note if planned as another
+    non_torch_gib: float = 0.0
+    cudagraph_gib: float = 0.0  # vLLM's estimate, deducted or not (see cudagraph_term)
+    cudagraph_term: str = "none"
+    notes: list[str] = field(default_factory=list)  # what the plan assumes or leaves out
+    model_source: str = ""  # where the architecture came from (HF cache, catalog, Hub, file)
+    weights_exact: bool = False  # from the safetensors headers, not from the shapes
+    inflight_tokens: int = 2048  # tokens a sliding-window layer holds beyond its window
+    state_pages: int = 1  # recurrent-state pages per sequence (hybrid models)
+    startup: StartupCheck | None = None  # vLLM's free-memory check at start-up
+    kv_fits: bool = True  # the memory verdict alone (fits: this and a start-up check that
+    # passes or only likely fails, the desktop's share being an estimate)
+
+    @property
+    def verdict(self) -> str:
+        """One verdict for plan and validate alike."""
+        if not self.kv_fits:
+            return "does NOT fit"
+        if self.startup is not None and not self.startup.passes:
+            return "will NOT start" if self.startup.certain else "fits, but will likely NOT start"
+        return "fits"
 
     @property
     def headroom_gib(self) -> float:
@@ -167,17 +163,23 @@ class DeploymentPlan:
 def weight_bytes(arch: ModelArch, quantization: str) -> int:
     """Weights on the GPUs: quantized linear layers at their bits, the rest at 16 bits.
 
-    Embeddings and lm_head stay 16-bit in AWQ/GPTQ/int8/fp8/bitsandbytes checkpoints.
+    Embeddings and lm_head stay 16-bit in AWQ/GPTQ/int8/fp8/bitsandbytes/NVFP4 checkpoints;
+    MXFP4 (gpt-oss) quantizes the routed experts only, attention stays 16-bit.
     """
-    linear = arch.linear_params()
-    other = arch.param_count() - linear
-    return int(linear * _LINEAR_BITS[quantization] / 8 + other * 2)
+    bits = _LINEAR_BITS.get(quantization, 16.0)
+    quantized = arch.expert_params() if quantization == "mxfp4" else arch.linear_params()
+    other = arch.param_count() - quantized
+    return int(quantized * bits / 8 + other * 2)
 
 
 def kv_bytes_per_token(arch: ModelArch, kv_cache_dtype: str, tensor_parallel_size: int = 1) -> int:
-    """KV bytes one token costs on one GPU: K and V, every layer, this GPU's share of KV heads."""
+    """KV bytes one token costs on one GPU: K and V, every attention layer, this GPU's share of
+    KV heads. MLA stores one latent (kv_lora_rank + rope dims) per layer, on every GPU."""
+    dtype = KV_DTYPE_BYTES[kv_cache_dtype]
+    if arch.mla:
+        return arch.kv_layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * dtype
     heads = max(1, math.ceil(arch.num_kv_heads / tensor_parallel_size))
-    return 2 * arch.num_layers * heads * arch.head_dim * KV_DTYPE_BYTES[kv_cache_dtype]
+    return 2 * arch.kv_layers * heads * arch.head_dim * dtype
 
 
 def forward_bytes(arch: ModelArch, tokens: int, tp: int, rules: MemoryRules) -> int:
@@ -194,23 +196,43 @@ def forward_bytes(arch: ModelArch, tokens: int, tp: int, rules: MemoryRules) -> 
     return int(tokens * per_token * rules.forward_factor)
 
 
+def sampler_bytes(arch: ModelArch, tokens: int, seqs: int, rules: MemoryRules) -> int:
+    """The sampler pass: one logits row per dummy request (min(tokens, seqs) rows, the full
+    vocabulary, not split by tensor parallelism), at the runner's bytes per element."""
+    return int(min(seqs, tokens) * arch.vocab_size * rules.sampler_bytes)
+
+
 def activation_bytes(
     arch: ModelArch, tokens: int, seqs: int, tp: int = 1, rules: MemoryRules | None = None
 ) -> int:
     """Peak memory of the profile run: the larger of the forward pass over ``tokens`` tokens and
-    the sampler pass over one logits row per dummy request (min(tokens, seqs) rows, full
-    vocabulary, not split by tensor parallelism), plus fixed buffers."""
-    rules = rules or memory_rules_for(CURRENT_VLLM)
-    sampler = int(min(seqs, tokens) * arch.vocab_size * rules.sampler_bytes)
+    the sampler pass, plus fixed buffers."""
+    rules = rules or memory_rules_for(DEFAULT_VLLM, arch.architecture)
+    sampler = sampler_bytes(arch, tokens, seqs, rules)
     return max(forward_bytes(arch, tokens, tp, rules), sampler) + int(ACTIVATION_BASE_GIB * GIB)
 
 
-def cuda_graph_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
+def cuda_graph_sizes(
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    rules: MemoryRules | None = None,
+    *,
+    sm100: bool = False,
+) -> list[int]:
     """vLLM's capture sizes: 1, 2, 4, then every 8 to 256, every 16 to the largest, which is
-    min(2 x max_num_seqs, 512, max_num_batched_tokens)."""
-    largest = min(2 * max_num_seqs, 512, max_num_batched_tokens)
-    sizes = [1, 2, 4, *range(8, 257, 8), *range(272, 513, 16)]
-    return [s for s in sizes if s <= largest]
+    min(2 x max_num_seqs, 512, max_num_batched_tokens) (1024 instead of 512 on data-centre
+    Blackwell from 0.28); max_num_batched_tokens is added when it is the cap and off the grid,
+    and from 0.31 max_num_seqs too."""
+    rules = rules or memory_rules_for(DEFAULT_VLLM)
+    limit = rules.cap_sm100 if sm100 else 512
+    largest = min(2 * max_num_seqs, limit, max_num_batched_tokens)
+    grid = [1, 2, 4, *range(8, 257, 8), *range(272, 1025, 16)]
+    sizes = [s for s in grid if s <= largest]
+    if largest == max_num_batched_tokens and largest not in sizes:
+        sizes.append(largest)
+    if rules.capture_max_num_seqs and max_num_seqs <= largest and max_num_seqs not in sizes:
+        sizes.append(max_num_seqs)
+    return sorted(sizes)
 
 
 def cuda_graph_bytes(
@@ -219,49 +241,68 @@ def cuda_graph_bytes(
     max_num_batched_tokens: int,
     tp: int = 1,
     rules: MemoryRules | None = None,
+    *,
+    sm100: bool = False,
 ) -> int:
-    """The CUDA-graph estimate: the largest batch's activations, plus private memory per graph
-    that grows with layers x hidden size. PIECEWISE graphs cover every capture size; FULL
-    (uniform decode) graphs only sizes up to ``max_num_seqs``."""
-    rules = rules or memory_rules_for(CURRENT_VLLM)
-    sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens)
+    """vLLM's CUDA-graph estimate: per mode (PIECEWISE for every capture size, FULL for the
+    decode sizes up to ``max_num_seqs``) it captures the two largest graphs and takes
+    first + second x (graphs - 1), the larger first capture counted once. The first holds the
+    largest batch's activations; each further graph a little private memory."""
+    rules = rules or memory_rules_for(DEFAULT_VLLM, arch.architecture)
+    sizes = cuda_graph_sizes(max_num_seqs, max_num_batched_tokens, rules, sm100=sm100)
     if not sizes:
         return 0
-    graphs = len(sizes) + sum(1 for s in sizes if s <= max_num_seqs)
+    piecewise = len(sizes)
+    full = sum(1 for s in sizes if s <= max_num_seqs)
     per_graph = CUDA_GRAPH_BYTES_PER_GRAPH + (
         CUDA_GRAPH_BYTES_PER_LAYER_HIDDEN * arch.num_layers * arch.hidden_size // tp
     )
-    return forward_bytes(arch, sizes[-1], tp, rules) + graphs * per_graph
+    further = (piecewise - 1) + max(0, full - 1)
+    return forward_bytes(arch, sizes[-1], tp, rules) + further * per_graph
 
 
 def kv_bytes_for_request(
-    arch: ModelArch, length: int, dtype: str, tp: int = 1, chunk: int = 2048
+    arch: ModelArch,
+    length: int,
+    dtype: str,
+    tp: int = 1,
+    chunk: int = 2048,
+    state_pages: int = 1,
 ) -> int:
     """KV bytes one request of ``length`` tokens holds, in whole 16-token blocks.
 
-    Full-attention layers keep every token; sliding-window layers keep the window plus one
-    prefill chunk, as vLLM's hybrid allocator frees blocks that fall out of the window.
+    Full-attention layers keep every token; sliding-window layers keep the window plus the
+    tokens in flight (``chunk``), as vLLM's hybrid allocator frees blocks that fall out of the
+    window.
     """
-    per_layer_token = kv_bytes_per_token(arch, dtype, tp) // arch.num_layers
+    per_layer_token = kv_bytes_per_token(arch, dtype, tp) // arch.kv_layers
     blocks = math.ceil(length / BLOCK_SIZE)
     window_blocks = blocks
     if arch.sliding_window:
-        window_blocks = min(blocks, math.ceil((arch.sliding_window + chunk) / BLOCK_SIZE))
+        window_blocks = min(blocks, math.ceil((arch.sliding_window - 1 + chunk) / BLOCK_SIZE) + 1)
     tokens_held = (
         arch.full_attention_layers * blocks + arch.sliding_window_layers * window_blocks
     ) * BLOCK_SIZE
-    return tokens_held * per_layer_token
+    # a hybrid model's recurrent layers hold a fixed state per sequence, split by TP: one page,
+    # two with prefix caching (the running state and a checkpoint)
+    return tokens_held * per_layer_token + state_pages * arch.state_bytes_per_seq // tp
 
 
 def _kv_option(
-    available: float, arch: ModelArch, dtype: str, tp: int, max_model_len: int, chunk: int
+    available: float,
+    arch: ModelArch,
+    dtype: str,
+    tp: int,
+    max_model_len: int,
+    chunk: int,
+    state_pages: int = 1,
 ) -> KvOption:
     per_token = kv_bytes_per_token(arch, dtype, tp)
     # vLLM keeps one block as the null block; the rest is the pool requests draw from.
     pool = max(0, int(available // (per_token * BLOCK_SIZE)) - 1) * per_token * BLOCK_SIZE
-    per_request = kv_bytes_for_request(arch, max_model_len, dtype, tp, chunk)
-    if arch.sliding_window:
-        # hybrid models: vLLM reports tokens as concurrency x max_model_len
+    per_request = kv_bytes_for_request(arch, max_model_len, dtype, tp, chunk, state_pages)
+    if arch.sliding_window or arch.hybrid:
+        # hybrid allocators: vLLM reports tokens as concurrency x max_model_len
         concurrency = pool / per_request if per_request else 0.0
         tokens = int(concurrency * max_model_len)
     else:
@@ -271,7 +312,7 @@ def _kv_option(
     lo, hi = 0, arch.max_position_embeddings
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if kv_bytes_for_request(arch, mid, dtype, tp, chunk) <= pool:
+        if kv_bytes_for_request(arch, mid, dtype, tp, chunk, state_pages) <= pool:
             lo = mid
         else:
             hi = mid - 1
@@ -285,36 +326,86 @@ def _kv_option(
     )
 
 
+def nccl_gib(spec: PlanInput) -> float:
+    """Memory NCCL (and the custom all-reduce, with peer-to-peer) keeps per GPU under TP."""
+    if spec.tensor_parallel_size <= 1:
+        return 0.0
+    return NCCL_P2P_GIB if spec.gpu_p2p else NCCL_NO_P2P_GIB
+
+
+def plan_rules(spec: PlanInput) -> MemoryRules:
+    """The version's facts for this deployment's model (and any runner/env override)."""
+    arch = spec.model.arch
+    return memory_rules_for(
+        spec.vllm_version,
+        arch.architecture,
+        hybrid=arch.hybrid,
+        moe=bool(arch.num_experts),
+        runner=spec.runner,
+        estimate_cudagraphs=spec.estimate_cudagraphs,
+    )
+
+
 def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     """Predict what vLLM will log at start-up for one server, and whether it starts."""
     arch = spec.model.arch
     tp = spec.tensor_parallel_size
-    rules = memory_rules_for(spec.vllm_version)
+    rules = plan_rules(spec)
     quant = spec.quantization or spec.model.quantization
+    util = spec.gpu_memory_utilization or rules.default_utilization
     max_model_len = spec.max_model_len or arch.max_position_embeddings
-    seqs = spec.max_num_seqs or default_max_num_seqs(spec.gpu_memory_gib)
-    default_batch = default_max_num_batched_tokens(spec.gpu_memory_gib)
+    default_tokens, default_seqs = default_batch(rules, spec.gpu_memory_gib, spec.gpu_name)
+    seqs = spec.max_num_seqs or default_seqs
     if not rules.chunked_prefill and max_model_len <= V0_CHUNKED_PREFILL_ABOVE:
-        default_batch = max(default_batch, max_model_len)
-    batched = spec.max_num_batched_tokens or max(default_batch, seqs)
+        default_tokens = max(default_tokens, max_model_len)
+    batched = spec.max_num_batched_tokens or max(default_tokens, seqs)
+    if spec.max_num_batched_tokens is None and rules.chunked_prefill:
+        # vLLM clamps the default to what the requests can hold
+        batched = max(min(batched, seqs * max_model_len), min(seqs, batched))
+    seqs = min(seqs, batched)
+    sm100 = any(n in spec.gpu_name.upper() for n in ("B200", "B100", "GB200", "B300"))
+    notes: list[str] = list(arch.unmodelled)
+    if quant not in _LINEAR_BITS:
+        notes.append(f"quantization {quant!r} is not modelled: its weights planned as 16-bit")
 
-    budget = spec.gpu_memory_gib * spec.gpu_memory_utilization
+    budget = spec.gpu_memory_gib * util
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
     activation = activation_bytes(arch, batched, seqs, tp, rules) / GIB
-    overhead = NON_TORCH_TP_P2P_GIB if tp > 1 and spec.gpu_p2p else NON_TORCH_GIB
-    if rules.graphs_deducted and not spec.enforce_eager:
-        overhead += cuda_graph_bytes(arch, seqs, batched, tp, rules) / GIB
-    available = budget - weights - activation - overhead
+    non_torch = rules.non_torch_gib
+    if rules.nccl_in_budget:
+        non_torch += nccl_gib(spec)
+    graph_estimate = 0.0
+    if not spec.enforce_eager and rules.graphs != "none":
+        graph_estimate = cuda_graph_bytes(arch, seqs, batched, tp, rules, sm100=sm100) / GIB
+    deducted = graph_estimate if rules.graphs_deducted and not spec.enforce_eager else 0.0
+    if rules.graphs == "zero (V2 runner)" and not spec.enforce_eager:
+        graph_estimate = 0.0
+        notes.append(
+            "the V2 model runner does not estimate CUDA graphs in this version: they are "
+            "captured from the 1 - utilization headroom"
+        )
+    elif rules.graphs == "opt-in" and not spec.enforce_eager:
+        notes.append(
+            f"CUDA graphs (estimate {graph_estimate:.2f} GiB) come out of the 1 - utilization "
+            "headroom: vLLM deducts them only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1"
+        )
+    overhead = non_torch + deducted
+    if spec.kv_cache_memory_bytes is not None:
+        available = spec.kv_cache_memory_bytes / GIB
+        notes.append("--kv-cache-memory-bytes: vLLM skips its memory profile and uses it as is")
+    else:
+        available = budget - weights - activation - overhead
 
-    chosen = _kv_option(
-        max(available, 0) * GIB, arch, spec.kv_cache_dtype, tp, max_model_len, batched
-    )
+    chunk = batched * rules.sliding_inflight
+    kv_gib = max(available, 0) * GIB
+    pages = 2 if spec.enable_prefix_caching else 1
+    chosen = _kv_option(kv_gib, arch, spec.kv_cache_dtype, tp, max_model_len, chunk, pages)
     reasons = []
     if available <= 0:
         reasons.append(
             f"no memory left for the KV cache: weights {weights:.2f} + activation "
             f"{activation:.2f} + overhead {overhead:.2f} GiB exceed the budget {budget:.2f} GiB "
-            f"({spec.gpu_memory_utilization} x {spec.gpu_memory_gib:.2f} GiB)"
+            f"({util} x {spec.gpu_memory_gib:.2f} GiB)"
         )
     elif not chosen.fits:
         reasons.append(
@@ -326,9 +417,18 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
             f"max_model_len {max_model_len} exceeds the model's max_position_embeddings "
             f"{arch.max_position_embeddings}"
         )
+    kv_fits = not reasons
+    startup = startup_check(
+        spec.gpu_memory_gib,
+        util,
+        host_os=spec.host_os,
+        desktop_reserve_gib=spec.desktop_reserve_gib,
+        nccl_gib=0.0 if rules.nccl_in_budget else nccl_gib(spec),
+    )
+    refused = not startup.passes and startup.certain
     fallback = None
     if chosen.kv_bytes_per_token < kv_bytes_per_token(arch, "auto", tp):
-        fallback = _kv_option(max(available, 0) * GIB, arch, "auto", tp, max_model_len, batched)
+        fallback = _kv_option(kv_gib, arch, "auto", tp, max_model_len, chunk, pages)
 
     return DeploymentPlan(
         name=spec.name,
@@ -336,7 +436,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         gpu=spec.gpu_name,
         gpu_memory_gib=spec.gpu_memory_gib,
         tensor_parallel_size=tp,
-        gpu_memory_utilization=spec.gpu_memory_utilization,
+        gpu_memory_utilization=util,
         budget_gib=round(budget, 3),
         max_model_len=max_model_len,
         max_num_seqs=seqs,
@@ -351,7 +451,20 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         kv_cache_tokens=chosen.kv_cache_tokens,
         max_concurrency=chosen.max_concurrency,
         max_model_len_fit=chosen.max_model_len_fit,
-        fits=not reasons,
+        fits=kv_fits and not refused,
         reasons=reasons,
         fp16_fallback=fallback,
+        vllm_version=format_version(rules.version),
+        model_runner=rules.runner,
+        engine=rules.label,
+        non_torch_gib=round(non_torch, 3),
+        cudagraph_gib=round(graph_estimate, 3),
+        cudagraph_term="eager (none)" if spec.enforce_eager else rules.graphs,
+        notes=notes,
+        model_source=spec.model.source,
+        weights_exact=spec.model.weight_bytes is not None,
+        inflight_tokens=chunk,
+        state_pages=pages,
+        startup=startup,
+        kv_fits=kv_fits,
     )
