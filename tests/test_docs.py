@@ -187,3 +187,20 @@ def test_readme_lists_every_package() -> None:
     }
     listed = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "README.md").read_text(), re.M))
     assert listed == packages
+
+
+def test_readme_tells_the_truth_about_install_and_test() -> None:
+    """The install line makes its virtualenv; the test paragraph names every system package
+    .ci/run installs, the sudo, the vLLM environment under ~/.cache, and the fast subset."""
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"```bash\n(.*?)```", readme, re.S)
+    assert install and "python3 -m venv .venv && . .venv/bin/activate" in install.group(1)
+    apt = re.search(r"apt-get install -y -q \\\n\s*(.+?) >", ci)
+    assert apt, "no apt-get install line in .ci/run"
+    for package in apt.group(1).split():
+        assert package in readme, f"README does not say .ci/run installs {package}"
+    assert "SUDO=sudo" in ci and "sudo" in readme
+    assert "$HOME/.cache/fleetgate/vllm-" in ci and "~/.cache/fleetgate/" in readme
+    assert "bash .ci/run --no-vllm" in readme and '" --no-vllm "' in ci
+    assert "pytest -q --no-vllm" in readme
