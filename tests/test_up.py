@@ -113,6 +113,13 @@ def test_up_serves_the_fleet_until_sigterm() -> None:
             raise AssertionError(f"port {p} still answers after SIGTERM")
 
 
+def _limit_rows(out: str) -> dict[str, list[str]]:
+    """The limits table's rows, by model name (the table is borderless: cells split on space)."""
+    after = out[out.index("limits") :]
+    rows = [line.split() for line in after.splitlines()]
+    return {r[0]: r[1:] for r in rows if len(r) == 8 and r[0] != "model"}
+
+
 async def test_announce_shows_every_limit_and_cuts_no_name_when_piped(capsys) -> None:
     fleet = load_fleet(HOMELAB, strict_env=False, env={"FLEETGATE_ADMIN_KEY": "adm-1"}).fleet
     async with local_fleet(fleet, gateway_port=0, speed=10) as running:
@@ -120,7 +127,7 @@ async def test_announce_shows_every_limit_and_cuts_no_name_when_piped(capsys) ->
     out = capsys.readouterr().out
     assert "…" not in out
     assert f"live page: {running.gateway_url}/ui" in out  # an admin key is set
-    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
+    rows = _limit_rows(out)
     assert set(rows) == {
         "llama31-8b-wintermute",
         "llama31-8b-wintermute-burst",
@@ -128,9 +135,28 @@ async def test_announce_shows_every_limit_and_cuts_no_name_when_piped(capsys) ->
         "llama",
         "qwen",
     }
-    cells = [c.strip() for c in rows["qwen2.5-7b-armitage"].split("│")[1:-1]]
-    assert cells[3:] == ["8192", "7000", "768", "80k", "40", "1", "8/30s"]
+    assert rows["qwen2.5-7b-armitage"] == ["8192", "7000", "768", "80k", "40", "1", "8/30s"]
     assert "tpm" in out and "rpm" in out
+
+
+async def test_announce_fits_80_columns_without_breaking_a_name(monkeypatch, capsys) -> None:
+    """On an 80-column terminal every name and number is whole, on one line."""
+    from rich.console import Console
+
+    from fleetgate.cli import up as up_module
+
+    narrow = Console(width=80, force_terminal=True, color_system=None)
+    monkeypatch.setattr(up_module, "console", narrow)
+    fleet = load_fleet(HOMELAB, strict_env=False, env={}).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=10) as running:
+        announce(running)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    names = {"llama31-8b-wintermute-burst", "qwen2.5-7b-armitage", "llama31-8b-wintermute"}
+    for name in names:
+        assert re.search(rf"^ ?{re.escape(name)} +(route|profile) +\w+ \(sim :\d+\)", out, re.M)
+    assert _limit_rows(out)["llama31-8b-wintermute-burst"][-1] == "64/180s"
 
 
 PARTIAL_DEFAULTS = """
@@ -158,9 +184,7 @@ async def test_announce_with_partial_gateway_defaults(capsys) -> None:
     async with local_fleet(fleet, gateway_port=0, speed=10) as running:
         announce(running)
     out = capsys.readouterr().out
-    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 5}
-    cells = [c.strip() for c in rows["chat"].split("│")[1:-1]]
-    assert cells[3:] == ["4096", "–", "–", "–", "100", "2", "16/30s"]
+    assert _limit_rows(out)["chat"] == ["4096", "–", "–", "–", "100", "2", "16/30s"]
 
 
 def _up(*args: str) -> subprocess.CompletedProcess[str]:

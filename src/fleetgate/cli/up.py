@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -27,19 +28,31 @@ def _per_minute(value: int | None) -> str:
     return "–" if value is None else f"{value / 1000:g}k" if value >= 10_000 else str(value)
 
 
-def routes_table(running: RunningFleet) -> Table:
-    """Each public name with its backends and the limits the gateway enforces."""
-    table = Table(title=f"fleet {running.fleet.name} at {running.gateway_url}")
-    for col in ("model", "kind", "backend", "ctx", "in", "out", "tpm", "rpm", "conc", "queue"):
-        left = col in ("model", "kind", "backend")
-        table.add_column(col, justify="left" if left else "right", overflow="fold")
+def _table(title: str, *columns: str) -> Table:
+    """Borderless, so 80 columns hold a route name and its numbers; names never wrap."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, title_justify="left"
+    )
+    for i, col in enumerate(columns):
+        text = i == 0 or col in ("kind", "backends")
+        table.add_column(
+            col, justify="left" if text else "right", no_wrap=col != "backends", overflow="fold"
+        )
+    return table
+
+
+def routes_tables(running: RunningFleet) -> tuple[Table, Table]:
+    """Each public name with its backends, and with the limits the gateway enforces."""
+    names = _table("routes", "model", "kind", "backends")
+    limits = _table("limits", "model", "ctx", "in", "out", "tpm", "rpm", "conc", "queue")
     for pm in public_models(running.fleet).values():
         backs = [running.backends[d] for d in pm.deployments]
         lim = pm.limits
-        table.add_row(
+        names.add_row(
+            pm.name, pm.kind, ", ".join(f"{b.deployment} ({b.kind} :{b.port})" for b in backs)
+        )
+        limits.add_row(
             pm.name,
-            pm.kind,
-            ", ".join(f"{b.deployment} ({b.kind} :{b.port})" for b in backs),
             str(min(b.max_model_len for b in backs)),
             str(lim.max_input_tokens or "–"),
             str(lim.max_output_tokens or "–"),
@@ -48,18 +61,20 @@ def routes_table(running: RunningFleet) -> Table:
             str(lim.concurrency or "–"),
             f"{lim.queue_depth}/{lim.queue_wait_s:g}s",
         )
-    table.caption = "ctx = max_model_len; in/out = tokens per request; tpm/rpm per minute"
-    return table
+    limits.caption = "ctx = max_model_len; in/out = tokens per request; tpm/rpm per minute"
+    limits.caption_justify = "left"
+    return names, limits
 
 
 def announce(running: RunningFleet) -> None:
-    table = routes_table(running)
-    # a pipe or a log gets the whole table, never names cut at 80 columns
-    if console.is_terminal:
-        console.print(table)
-    else:
-        natural = Measurement.get(console, console.options.update(max_width=10_000), table)
-        Console(file=console.file, width=max(console.width, natural.maximum)).print(table)
+    console.print(f"fleet [bold]{running.fleet.name}[/]")
+    for table in routes_tables(running):
+        # a pipe or a log gets the whole table, never names cut at 80 columns
+        if console.is_terminal:
+            console.print(table)
+        else:
+            natural = Measurement.get(console, console.options.update(max_width=10_000), table)
+            Console(file=console.file, width=max(console.width, natural.maximum)).print(table)
     console.print(f"gateway: [bold]{running.gateway_url}[/]  (OpenAI API at /v1)")
     gateway = running.fleet.gateway
     if gateway is not None and gateway.admin_key:
