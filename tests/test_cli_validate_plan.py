@@ -95,13 +95,46 @@ def test_validate_before_fleet_is_valid() -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_validate_names_an_unset_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_without_secrets_warns_of_each_unset_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No secrets needed: the unset ${VAR} is a warning with its line; the file is valid."""
     monkeypatch.delenv("FLEETGATE_API_KEY", raising=False)
     result = invoke("validate", str(EXAMPLE))
+    assert result.exit_code == 0, result.output
+    out = flat(result.stderr)
+    assert "warning: " in out and "environment variable FLEETGATE_API_KEY is not set" in out
+    assert f"{EXAMPLE}:59: gateway.api_keys.0.key" in out
+    assert "valid" in flat(result.stdout)
+
+
+def test_validate_without_secrets_still_checks_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Structure and limits are checked with the secret unset: a limit over the context is an
+    error, and the unset key is listed beside it."""
+    monkeypatch.delenv("FLEETGATE_API_KEY", raising=False)
+    text = EXAMPLE.read_text().replace("max_input_tokens: 7000", "max_input_tokens: 9000")
+    assert text != EXAMPLE.read_text()
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    result = invoke("validate", str(path))
+    assert result.exit_code == 1, result.output
+    out = flat(result.stderr)
+    assert "max_input_tokens" in out and "error: " in out
+    assert "FLEETGATE_API_KEY is not set" in out
+
+
+def test_validate_strict_requires_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETGATE_API_KEY", raising=False)
+    result = invoke("validate", str(EXAMPLE), "--strict")
     assert result.exit_code == 1
     out = flat(result.stderr)
-    assert "environment variable FLEETGATE_API_KEY is not set" in out
+    assert "error: " in out and "environment variable FLEETGATE_API_KEY is not set" in out
     assert f"{EXAMPLE}:" in out and "gateway.api_keys.0.key" in out
+    result = invoke("validate", str(EXAMPLE), "--strict", env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "FLEETGATE_API_KEY" not in result.output
 
 
 def test_validate_schema_error_exit_1_with_file_line_and_path(tmp_path: Path) -> None:

@@ -418,7 +418,14 @@ def test_reference_fleet_without_its_secret(monkeypatch: pytest.MonkeyPatch) -> 
         load_fleet(EXAMPLE)
     [p] = info.value.problems
     assert "FLEETGATE_API_KEY" in p.message
-    assert load_fleet(EXAMPLE, strict_env=False).fleet.gateway is not None
+    loaded = load_fleet(EXAMPLE, strict_env=False)
+    assert loaded.fleet.gateway is not None
+    # the unset reference is kept, as a warning that points at its line
+    [w] = loaded.unset_env
+    assert (w.level, w.path, w.line) == ("warning", "gateway.api_keys.0.key", p.line)
+    assert w.message == p.message and p.level == "error"
+    monkeypatch.setenv("FLEETGATE_API_KEY", "sk-owner-0123456789")
+    assert load_fleet(EXAMPLE, strict_env=False).unset_env == ()
 
 
 def test_secrets_are_not_echoed_in_errors() -> None:

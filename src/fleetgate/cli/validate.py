@@ -15,14 +15,19 @@ from fleetgate.plan import plan_problems
 @app.command(rich_help_panel="Plan")
 def validate(
     fleet: Path = typer.Argument(..., help="the fleet file (fleet.yaml)"),
+    strict: bool = typer.Option(
+        False, "--strict", help="an unset ${VAR} is an error (as for serve and deploy)"
+    ),
 ) -> None:
     """Check a fleet file: schema, references, limits against vLLM settings, and memory fit.
 
-    Errors exit 1; warnings (fp8 KV cache on GPUs that lack it, a memory utilization a Windows
-    desktop will likely refuse) are printed and exit 0.
+    No secrets needed: an unset ${VAR} (an API key, say) is a warning naming it, and the rest
+    is checked as written; --strict makes it an error. Errors exit 1; warnings (fp8 KV cache
+    on GPUs that lack it, a memory utilization a Windows desktop will likely refuse) are
+    printed and exit 0.
     """
-    loaded = load_or_exit(fleet, check=False)
-    problems = check_fleet(loaded.fleet)
+    loaded = load_or_exit(fleet, strict_env=strict, check=False)
+    problems = [*loaded.unset_env, *check_fleet(loaded.fleet)]
     if not any(p.level == "error" for p in problems):
         problems += plan_problems(loaded.fleet)
     print_problems(problems, str(fleet))

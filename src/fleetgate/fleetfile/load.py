@@ -50,24 +50,33 @@ class LoadedFleet:
     fleet: Fleet
     path: Path | None
     raw: dict[str, Any]
+    # loaded without secrets: each ${VAR} left unset, as a warning that points at its line
+    unset_env: tuple[Problem, ...] = ()
 
 
 def interpolate(
-    value: Any, env: Mapping[str, str], *, strict: bool, path: tuple[str, ...] = ()
+    value: Any,
+    env: Mapping[str, str],
+    *,
+    strict: bool,
+    path: tuple[str, ...] = (),
+    unset: list[tuple[tuple[str, ...], str]] | None = None,
 ) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree.
 
     With ``strict`` an unset variable without default raises KeyError with ``(path, name)``
     (``path`` a tuple of keys, since names may hold dots); otherwise the reference is left as
-    written (for commands that never use secrets).
+    written (for commands that never use secrets) and ``(path, name)`` appended to ``unset``.
     """
     if isinstance(value, dict):
         return {
-            k: interpolate(v, env, strict=strict, path=(*path, str(k))) for k, v in value.items()
+            k: interpolate(v, env, strict=strict, path=(*path, str(k)), unset=unset)
+            for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            interpolate(v, env, strict=strict, path=(*path, str(i))) for i, v in enumerate(value)
+            interpolate(v, env, strict=strict, path=(*path, str(i)), unset=unset)
+            for i, v in enumerate(value)
         ]
     if not isinstance(value, str):
         return value
@@ -80,6 +89,8 @@ def interpolate(
             return default
         if strict:
             raise KeyError((path, name))
+        if unset is not None:
+            unset.append((path, name))
         return match.group(0)
 
     return INTERPOLATION.sub(sub, value)
@@ -159,26 +170,27 @@ def parse_fleet(
     if not isinstance(raw, dict):
         raise FleetError(file, [Problem(path="", message="a fleet file is a YAML mapping")])
     lines = _line_index(text)
+
+    def unset_problem(keys: tuple[str, ...], name: str, level: str) -> Problem:
+        return Problem(
+            path=".".join(keys),
+            message=f"environment variable {name} is not set",
+            suggestion=f"export {name}=... before running, or write ${{{name}:-default}}",
+            level=level,
+            line=lines.get(keys),
+        )
+
+    unset: list[tuple[tuple[str, ...], str]] = []
     try:
-        data = interpolate(raw, os.environ if env is None else env, strict=strict_env)
+        data = interpolate(raw, os.environ if env is None else env, strict=strict_env, unset=unset)
     except KeyError as exc:
-        keys, name = exc.args[0]
-        raise FleetError(
-            file,
-            [
-                Problem(
-                    path=".".join(keys),
-                    message=f"environment variable {name} is not set",
-                    suggestion=f"export {name}=... before running, or write ${{{name}:-default}}",
-                    line=lines.get(keys),
-                )
-            ],
-        ) from None
+        raise FleetError(file, [unset_problem(*exc.args[0], "error")]) from None
     try:
         fleet = Fleet.model_validate(data)
     except ValidationError as exc:
         raise FleetError(file, _problems_from(exc, lines)) from None
-    return LoadedFleet(fleet=fleet, path=Path(file) if file else None, raw=raw)
+    warnings = tuple(unset_problem(keys, name, "warning") for keys, name in unset)
+    return LoadedFleet(fleet, Path(file) if file else None, raw, warnings)
 
 
 def load_fleet(
