@@ -103,6 +103,33 @@ async def test_smoke_passes_on_the_homelab_fleet_through_the_gateway() -> None:
     assert lens["llama31-8b-wintermute"].startswith("16384")
 
 
+async def test_smoke_by_url_tests_what_smoke_by_fleet_file_tests() -> None:
+    """The gateway's /v1/models cards say kind and limits (a ``fleetgate`` object beside
+    OpenAI's fields), so the URL alone gives the same models and checks as the fleet file."""
+    fleet = load_fleet(HOMELAB, strict_env=False).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=20) as running:
+        url, key = running.gateway_url, running.api_key
+        async with ApiClient(url, key) as api:
+            listing = (await api.models()).body
+        by_file = await run_smoke(target_from_fleet(running.fleet, url=url, api_key=key))
+        by_url_target = await target_from_url(url, key)
+        by_url = await run_smoke(by_url_target)
+    cards = {c["id"]: c for c in listing["data"]}
+    burst = cards["llama31-8b-wintermute-burst"]
+    assert {"id", "object", "created", "owned_by", "root"} <= set(burst)
+    assert burst["fleetgate"]["kind"] == "profile"
+    assert burst["fleetgate"]["target"] == "llama31-8b-wintermute"
+    assert burst["fleetgate"]["limits"]["queue_depth"] == 64
+    assert cards["llama"]["fleetgate"]["kind"] == "alias"
+    assert cards["llama"]["fleetgate"]["target"] == "llama31-8b-wintermute"
+    assert cards["qwen2.5-7b-armitage"]["fleetgate"]["target"] is None
+    assert by_url.ok and by_file.ok, (by_url.to_dict(), by_file.to_dict())
+    checks = sorted((c.model, c.check, c.expected) for c in by_url.checks)
+    assert checks == sorted((c.model, c.check, c.expected) for c in by_file.checks)
+    assert len({c.model for c in by_url.checks}) == 3 and len(checks) == 12
+    assert {m.name: m.kind for m in by_url_target.models}["qwen"] == "alias"
+
+
 async def test_smoke_fails_when_the_backend_runs_another_max_model_len() -> None:
     fleet = load_fleet(HOMELAB, strict_env=False).fleet
     async with local_fleet(fleet, gateway_port=0, speed=20) as running:
@@ -156,7 +183,8 @@ async def test_smoke_by_url_counts_tokens_through_the_gateways_tokenize() -> Non
         )
         async with serve(make_fleet(doc)) as gw:
             target = await target_from_url(gw.url, key)
-            assert {m.name for m in target.models} == {"tiny", "tiny-long"}
+            kinds = {m.name: m.kind for m in target.models}
+            assert kinds == {"tiny": "route", "tiny-long": "profile", "tiny-alias": "alias"}
             result = await asyncio.to_thread(
                 runner.invoke, app, ["smoke", gw.url, "--api-key", key, "--json"]
             )

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 from fleetgate.fleetfile import Fleet, http_url, reachable
 from fleetgate.gateway import ui
 from fleetgate.gateway.auth import authenticate, authenticate_admin
-from fleetgate.gateway.config import GatewayConfig
+from fleetgate.gateway.config import GatewayConfig, ModelConfig
 from fleetgate.gateway.errors import GatewayError
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import completions, tokenize
@@ -53,21 +53,40 @@ async def list_models(request: web.Request) -> web.Response:
         key = authenticate(gw.config, request)
     except GatewayError as exc:
         return exc.response()
-    data = [
-        {
-            "id": m.name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "fleetgate",
-            "root": m.route,
-            "max_model_len": m.max_model_len,
-            "max_input_tokens": m.max_input_tokens,
-            "max_output_tokens": m.max_output_tokens,
-        }
-        for m in gw.config.models.values()
-        if key is None or key.allows(m)
-    ]
+    data = [model_card(m) for m in gw.config.models.values() if key is None or key.allows(m)]
     return _json({"object": "list", "data": data})
+
+
+def model_card(m: ModelConfig) -> dict[str, object]:
+    """OpenAI's model card, plus a ``fleetgate`` object saying what the name is (a route, a
+    profile of one, an alias of one) and the limits it enforces, so a probe given only the URL
+    tests what a probe given the fleet file tests."""
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "fleetgate",
+        "root": m.route,
+        "max_model_len": m.max_model_len,
+        "max_input_tokens": m.max_input_tokens,
+        "max_output_tokens": m.max_output_tokens,
+        "fleetgate": {
+            "kind": m.kind,
+            # a profile's route; an alias's route or profile; a route is its own
+            "target": None if m.kind == "route" else m.route if m.kind == "profile" else m.lane,
+            "route": m.route,
+            "limits": {
+                "max_model_len": m.max_model_len,
+                "max_input_tokens": m.max_input_tokens,
+                "max_output_tokens": m.max_output_tokens,
+                "clamp_max_tokens": m.clamp_max_tokens,
+                "rpm": m.rpm,
+                "tpm": m.tpm,
+                "queue_depth": m.queue_depth,
+                "queue_wait_s": m.queue_wait_s,
+            },
+        },
+    }
 
 
 async def live(request: web.Request) -> web.Response:

@@ -44,6 +44,7 @@ class ModelConfig:
     """
 
     name: str
+    kind: str  # route | profile | alias
     route: str
     lane: str
     deployments: tuple[str, ...]
@@ -102,6 +103,7 @@ class GatewayConfig:
             lim = pm.limits
             models[pm.name] = ModelConfig(
                 name=pm.name,
+                kind=pm.kind,
                 route=pm.route,
                 lane=pm.profile or pm.route,
                 deployments=pm.deployments,

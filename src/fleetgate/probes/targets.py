@@ -38,6 +38,9 @@ class ModelUnderTest:
     backends: tuple[ProbeBackend, ...] = ()
 
 
+KINDS = ("route", "profile", "alias")
+
+
 class TargetError(FleetgateError):
     """The probe's target cannot be used: it will not say what it serves."""
 
@@ -66,9 +69,17 @@ class Target:
         raise KeyError(f"{name!r} is not a model of {self.url}")
 
 
+def _extension(card: dict[str, Any]) -> dict[str, Any] | None:
+    """fleetgate's own facts on a gateway's card (kind, target, limits); None from a bare vLLM."""
+    ext = card.get("fleetgate")
+    return ext if isinstance(ext, dict) and ext.get("kind") in KINDS else None
+
+
 def _int(card: dict[str, Any], *names: str) -> int | None:
-    """The first integer field among ``names``, in the card or a nested ``limits`` object."""
-    for where in (card, card.get("limits") or {}, card.get("fleetgate") or {}):
+    """The first integer field among ``names``: fleetgate's limits first, then the card's own
+    (and a nested ``limits`` object)."""
+    ext = _extension(card) or {}
+    for where in (ext.get("limits"), card, card.get("limits")):
         if not isinstance(where, dict):
             continue
         for name in names:
@@ -81,8 +92,10 @@ def _int(card: dict[str, Any], *names: str) -> int | None:
 def models_from_listing(body: Any) -> list[ModelUnderTest]:
     """Parse a ``/v1/models`` answer (the gateway's, or a bare vLLM's).
 
-    A card whose ``root`` names another card is a profile or an alias; one with the same
-    limits as a card already listed for that root adds nothing to test and is dropped.
+    fleetgate's cards say what each name is (route, profile, alias) and its limits: every one
+    is kept, as from the fleet file. A card without them (another server) whose ``root`` names
+    another card is taken for a profile, and dropped when its limits equal one already listed
+    for that root (an alias, most likely: nothing new to test).
     """
     cards = body.get("data", []) if isinstance(body, dict) else []
     ids = {c.get("id") for c in cards if isinstance(c, dict)}
@@ -91,13 +104,16 @@ def models_from_listing(body: Any) -> list[ModelUnderTest]:
     for card in cards:
         if not isinstance(card, dict) or not isinstance(card.get("id"), str):
             continue
-        limits = card.get("limits")
+        ext = _extension(card)
+        limits = (ext or card).get("limits")
         if not isinstance(limits, dict):
             limits = {}
         root = card.get("root")
-        kind = card.get("kind") or (
-            "profile" if isinstance(root, str) and root != card["id"] and root in ids else "route"
-        )
+        if ext is not None:
+            kind = ext["kind"]
+        else:
+            is_profile = isinstance(root, str) and root != card["id"] and root in ids
+            kind = "profile" if is_profile else "route"
         clamp = card.get("clamp_max_tokens") or limits.get("clamp_max_tokens")
         model = ModelUnderTest(
             name=card["id"],
@@ -107,16 +123,17 @@ def models_from_listing(body: Any) -> list[ModelUnderTest]:
             max_model_len=_int(card, "max_model_len"),
             clamp_max_tokens=bool(clamp),
         )
-        same = (
-            root if kind != "route" else card["id"],
-            model.max_input_tokens,
-            model.max_output_tokens,
-            model.max_model_len,
-            model.clamp_max_tokens,
-        )
-        if same in seen:
-            continue
-        seen.add(same)
+        if ext is None:
+            same = (
+                root if kind != "route" else card["id"],
+                model.max_input_tokens,
+                model.max_output_tokens,
+                model.max_model_len,
+                model.clamp_max_tokens,
+            )
+            if same in seen:
+                continue
+            seen.add(same)
         out.append(model)
     return out
 
