@@ -20,6 +20,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--no-ssh", action="store_true", help="skip tests needing OpenSSH")
 
 
+@pytest.fixture(autouse=True)
+def _no_running_up_of_the_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A `fleetgate up` the developer runs meanwhile must not change what the tests aim at:
+    every test gets its own (empty) per-user state directory, as do the processes it starts."""
+    state = tmp_path / "xdg-runtime"
+    state.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(state))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for marker in ("vllm", "ssh"):
         if config.getoption(f"--no-{marker}"):

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,10 +66,11 @@ def _get(url: str, key: str | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_up_serves_the_fleet_until_sigterm() -> None:
+def test_up_serves_the_fleet_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "FLEETGATE_API_KEY"}
     env["COLUMNS"] = "200"
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
     code = "import sys; from fleetgate.cli import main; sys.argv[0] = 'fleetgate'; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "up", str(HOMELAB), "--port", str(port)],
@@ -187,11 +189,29 @@ async def test_announce_with_partial_gateway_defaults(capsys) -> None:
     assert _limit_rows(out)["chat"] == ["4096", "–", "–", "–", "100", "2", "16/30s"]
 
 
-def _up(*args: str) -> subprocess.CompletedProcess[str]:
+def _up(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     code = "import sys; from fleetgate.cli import main; sys.argv[0] = 'fleetgate'; main()"
     return subprocess.run(
-        [sys.executable, "-c", code, "up", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, "up", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
+
+
+def test_up_says_a_port_in_use_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _up(str(HOMELAB), "--port", str(port))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"error: port {port} is already in use on this machine; give --port N for another "
+        "(--port 0: any free port)"
+    ], result.stderr
 
 
 def test_up_says_why_a_simulated_backend_refuses_to_start(tmp_path: Path) -> None:
@@ -264,3 +284,152 @@ def test_a_python_with_vllm_passes_the_check(
     monkeypatch.setenv("FLEETGATE_VLLM_PYTHON", VLLM_PYTHON)
     fleet = load_fleet(_process_fleet(tmp_path, tmp_path), strict_env=False).fleet
     assert vllm_problems(fleet) == []
+
+
+# -- a running `up` is found by the commands given the same fleet file ------------------------
+
+
+def _start_up(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+    """``fleetgate up HOMELAB`` in a process, its state in ``tmp_path``; returns its output up
+    to the last line of what it prints at start."""
+    env = {k: v for k, v in os.environ.items() if k != "FLEETGATE_API_KEY"}
+    env.update(COLUMNS="200", XDG_RUNTIME_DIR=str(tmp_path))
+    code = "import sys; from fleetgate.cli import main; sys.argv[0] = 'fleetgate'; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "up", str(HOMELAB), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    out = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        out.append(line)
+        if "Ctrl-C" in line:
+            break
+    return proc, "".join(out), env
+
+
+def test_up_prints_next_steps_that_work_as_pasted(tmp_path: Path) -> None:
+    """The curl and the openai snippet `up` prints run as they are, in a shell."""
+    pytest.importorskip("openai")
+    proc, out, env = _start_up(tmp_path, "--port", "0", "--speed", "20")
+    try:
+        url = re.search(r"gateway: (http://127.0.0.1:\d+)", out)
+        assert url, out
+        curl = next(line for line in out.splitlines() if line.startswith("curl "))
+        assert url.group(1) in curl and "Bearer fg-" in curl
+        answer = subprocess.run(
+            ["bash", "-c", curl], capture_output=True, text=True, env=env, check=True, timeout=60
+        ).stdout
+        assert json.loads(answer)["choices"][0]["message"]["content"]
+        snippet = out[out.index("python3 - <<'EOF'") : out.index("\nEOF\n") + 5]
+        env_py = {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
+        printed = subprocess.run(
+            ["bash", "-c", snippet.replace("python3", sys.executable, 1)],
+            capture_output=True,
+            text=True,
+            env=env_py,
+            timeout=60,
+        )
+        assert printed.returncode == 0 and printed.stdout.strip(), printed.stderr
+        assert f"fleetgate check {HOMELAB}" in out
+        assert "getting-started.md" in out and "gateway.md" in out
+        assert out.rstrip().endswith("Ctrl-C stops everything.")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_commands_given_the_fleet_file_use_the_running_up(tmp_path: Path, monkeypatch) -> None:
+    """smoke, burst, health and check given the fleet file of a running `up` aim at it (and
+    say so), check starts no fleet of its own, a second `up` of the file is refused, and the
+    private state file is gone once `up` stops on Ctrl-C."""
+    from typer.testing import CliRunner
+
+    from fleetgate.cli import app
+    from fleetgate.local import find_running, state_dir
+
+    proc, out, env = _start_up(tmp_path, "--port", "0", "--speed", "20")
+    runner = CliRunner()
+    try:
+        url = re.search(r"gateway: (http://127.0.0.1:\d+)", out).group(1)  # type: ignore[union-attr]
+        env_in = {"XDG_RUNTIME_DIR": str(tmp_path), "FLEETGATE_API_KEY": None, "COLUMNS": "200"}
+        record_dir = tmp_path / "fleetgate"
+        [record_file] = list(record_dir.iterdir())
+        assert record_file.stat().st_mode & 0o777 == 0o600
+        assert record_dir.stat().st_mode & 0o777 == 0o700
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+        assert state_dir() == record_dir
+        record = find_running(HOMELAB)
+        # any spelling of the path finds it
+        assert record is not None and find_running(Path(os.path.relpath(HOMELAB))) == record
+        assert record.url == url and record.pid == proc.pid
+        assert record.api_key and record.api_key in out
+
+        smoke = runner.invoke(app, ["smoke", str(HOMELAB), "--json"], env=env_in)
+        assert smoke.exit_code == 0, smoke.output
+        assert json.loads(smoke.stdout)["url"] == url
+        assert f"fleetgate up is running {HOMELAB} here at {url}" in " ".join(smoke.stderr.split())
+        burst = runner.invoke(
+            app, ["burst", str(HOMELAB), "--requests", "4", "--max-errors", "0"], env=env_in
+        )
+        assert burst.exit_code == 0, burst.output
+        assert url in burst.stdout
+        health = runner.invoke(app, ["health", str(HOMELAB)], env=env_in)
+        assert health.exit_code == 0, health.output
+        assert url in health.stdout and "127.0.0.1" in health.stdout
+        assert "lan" not in health.stdout
+        check = runner.invoke(app, ["check", str(HOMELAB), "--no-rollback", "--json"], env=env_in)
+        assert check.exit_code == 0, check.output
+        assert json.loads(check.stdout)["url"] == url  # the running fleet, not a second one
+
+        again = _up(str(HOMELAB), "--port", "0", env=env)
+        assert again.returncode == 1
+        assert f"fleetgate up is already running {HOMELAB} at {url}" in again.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert list((tmp_path / "fleetgate").iterdir()) == []
+
+
+def test_a_stale_record_is_ignored_and_removed(tmp_path: Path, monkeypatch) -> None:
+    """`up` killed with SIGKILL leaves its file: a dead pid means no fleet runs."""
+    from fleetgate.local import find_running
+    from fleetgate.local.record import record_path
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = record_path(HOMELAB)
+    path.parent.mkdir(mode=0o700)
+    path.write_text(
+        json.dumps(
+            {
+                "fleet_file": str(HOMELAB.resolve()),
+                "pid": dead.pid,
+                "url": "http://127.0.0.1:9",
+                "api_key": "fg-x",
+                "gateway_port": 9,
+                "ports": {"wintermute": 10},
+            }
+        )
+    )
+    assert find_running(HOMELAB) is None
+    assert not path.exists()
+    # a live pid (ours) with the same record is found; a record for another file is not
+    record = {
+        "fleet_file": str(HOMELAB.resolve()),
+        "pid": os.getpid(),
+        "url": "http://127.0.0.1:9",
+        "api_key": None,
+        "gateway_port": 9,
+        "ports": {},
+    }
+    path.write_text(json.dumps(record))
+    found = find_running(HOMELAB)
+    assert found is not None and found.url == "http://127.0.0.1:9"
+    path.write_text(json.dumps({**record, "fleet_file": "/elsewhere/fleet.yaml"}))
+    assert find_running(HOMELAB) is None
+    path.write_text("not json")
+    assert find_running(HOMELAB) is None

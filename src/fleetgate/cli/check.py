@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from fleetgate.cli.app import app, console
-from fleetgate.cli.common import exit_on_failure, load_or_exit
+from fleetgate.cli.common import exit_on_failure, load_or_exit, running_here
 from fleetgate.local.acceptance import AcceptanceReport, run_acceptance
 
 
@@ -47,11 +47,14 @@ def check(
     the smallest backend finish with at most 1 error; (3) over-limit requests get a 4xx, never
     a 5xx; (4) deploy through the deploy layer onto a local host, deploy a broken change, see
     the automatic rollback, and verify over HTTP that the previous limits are back. Without
-    --url the fleet runs here on simulated backends; criterion 4 always runs locally: every
+    --url: the fleet `fleetgate up` runs from this file here, if any (said so), else the fleet
+    is brought up here for the check on simulated backends; criterion 4 always runs locally: every
     deployment and route of the fleet on one local host (simulated backends at --speed), with
     the burst route's backend broken.
     """
     loaded = load_or_exit(fleet, strict_env=False)
+    if url is None and (local := running_here(fleet)) is not None:
+        url, api_key = local.url, api_key or local.api_key
     with console.status("starting") as status, exit_on_failure(fleet):
         report = asyncio.run(
             run_acceptance(

@@ -11,6 +11,7 @@ import typer
 from fleetgate.cli.app import err_console
 from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import FleetError, LoadedFleet, Problem, load_fleet, require_valid
+from fleetgate.local import UpRecord, find_running
 
 
 def print_problems(problems: list[Problem], file: str | None) -> None:
@@ -50,3 +51,17 @@ def exit_on_failure(fleet: Path) -> Iterator[None]:
     except (FleetgateError, OSError) as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def running_here(fleet: Path, *, elsewhere: str | None = "--url URL") -> UpRecord | None:
+    """The ``fleetgate up`` running this fleet file on this machine, if any, said out loud:
+    the command then aims at it instead of the file's real hosts."""
+    record = find_running(fleet)
+    if record is not None:
+        hint = f"; {elsewhere} to aim elsewhere" if elsewhere else ""
+        err_console.print(
+            f"fleetgate up is running {fleet} here at {record.url} (pid {record.pid}): "
+            f"using that local fleet{hint}",
+            highlight=False,
+        )
+    return record

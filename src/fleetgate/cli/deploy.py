@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit
+from fleetgate.cli.common import load_or_exit, running_here
 from fleetgate.deploy import (
     GateTarget,
     HostDeployer,
@@ -256,8 +257,13 @@ def backup(
 
 @app.command(rich_help_panel="Ship")
 def health(fleet: Path = typer.Argument(..., help="the fleet file")) -> None:
-    """Probe every vLLM server and the gateway once, as the deploy health gate does."""
+    """Probe every vLLM server and the gateway once, as the deploy health gate does.
+
+    When `fleetgate up` runs this fleet file here, its local backends and gateway are probed.
+    """
     source = _source(fleet)
+    if (local := running_here(fleet, elsewhere=None)) is not None:
+        source = dataclasses.replace(source, fleet=local.localized(source.fleet))
     targets = [
         GateTarget.from_unit(unit)
         for host in _hosts(source, [])

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
-from fleetgate.cli.common import load_or_exit
+from fleetgate.cli.common import load_or_exit, running_here
 from fleetgate.errors import FleetgateError
 from fleetgate.probes import (
     BurstConfig,
@@ -33,7 +33,8 @@ KEY_HELP = "API key (default: $FLEETGATE_API_KEY, else the fleet file's first ke
 
 def resolve_target(where: str, api_key: str | None, url: str | None = None) -> Target:
     """A URL is asked for its models; a fleet file gives them with their limits (and its
-    gateway is asked what it serves). Nothing answering is one error line and exit 1."""
+    gateway is asked what it serves): the local fleet when ``fleetgate up`` runs that file
+    here, else its real gateway. Nothing answering is one error line and exit 1."""
     loaded = (
         None
         if where.startswith(("http://", "https://"))
@@ -42,7 +43,10 @@ def resolve_target(where: str, api_key: str | None, url: str | None = None) -> T
     try:
         if loaded is None:
             return asyncio.run(target_from_url(where, api_key))
-        target = target_from_fleet(loaded.fleet, url=url, api_key=api_key)
+        fleet = loaded.fleet
+        if url is None and (local := running_here(Path(where))) is not None:
+            fleet, url, api_key = local.localized(fleet), local.url, api_key or local.api_key
+        target = target_from_fleet(fleet, url=url, api_key=api_key)
         return asyncio.run(confirm_served(target))
     except FleetgateError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import shlex
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -13,10 +16,10 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from fleetgate.cli.app import app, console
+from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import exit_on_failure, load_or_exit
-from fleetgate.fleetfile import public_models
-from fleetgate.local import RunningFleet, local_fleet
+from fleetgate.fleetfile import public_models, require_gateway
+from fleetgate.local import RunningFleet, find_running, local_fleet, recorded
 
 
 class BackendKind(StrEnum):
@@ -90,7 +93,64 @@ def announce(running: RunningFleet) -> None:
         )
     if running.api_key is None:
         console.print("[yellow]no API key configured: the gateway is open[/]")
-    console.print("Ctrl-C stops everything.")
+
+
+def _docs() -> str:
+    """Where the docs are: this checkout's docs/ when fleetgate runs from one."""
+    here = Path(__file__).resolve().parents[3] / "docs"
+    where = here if (here / "getting-started.md").is_file() else Path("docs")
+    return (
+        f"{where / 'getting-started.md'} (talking to the fleet), "
+        f"{where / 'gateway.md'} (every endpoint)"
+    )
+
+
+def next_steps(running: RunningFleet, fleet_file: Path) -> str:
+    """What to do next, as commands to paste into another shell: a curl and an ``openai``
+    snippet against this gateway with its key, the commands that now use this fleet, the
+    docs, how to stop. A key from the environment is referred to, never printed."""
+    routes = [pm for pm in public_models(running.fleet).values() if pm.kind == "route"]
+    model = routes[0].name
+    max_tokens = min(32, routes[0].limits.max_output_tokens or 32)
+    key = running.api_key
+    if key is None:  # an open gateway: the openai client still wants some key
+        shell_key, py_key = None, repr("none")
+    elif key in running.local.generated_keys.values():
+        shell_key, py_key = key, repr(key)
+    else:
+        shell_key, py_key = "$FLEETGATE_API_KEY", 'os.environ["FLEETGATE_API_KEY"]'
+    message = {"role": "user", "content": "Hello!"}
+    body = json.dumps({"model": model, "messages": [message], "max_tokens": max_tokens})
+    auth = f' -H "Authorization: Bearer {shell_key}"' if shell_key else ""
+    url = running.gateway_url
+    return "\n".join(
+        [
+            "Try it from another shell:",
+            f"curl -s {url}/v1/chat/completions{auth} "
+            f"-H \"Content-Type: application/json\" -d '{body}'",
+            "With the openai client (pip install openai):",
+            "python3 - <<'EOF'",
+            "import os",
+            "from openai import OpenAI",
+            f'client = OpenAI(base_url="{url}/v1", api_key={py_key})',
+            f"reply = client.chat.completions.create(model={model!r}, "
+            f"messages=[{message!r}], max_tokens={max_tokens})",
+            "print(reply.choices[0].message.content)",
+            "EOF",
+            f"Given {fleet_file}, smoke, burst, health and check use this local fleet:",
+            f"fleetgate check {shlex.quote(str(fleet_file))}",
+            f"Docs: {_docs()}.",
+            "Ctrl-C stops everything.",
+        ]
+    )
+
+
+def port_in_use(port: int) -> str:
+    """One line for a gateway port another process holds, with what to do about it."""
+    return (
+        f"port {port} is already in use on this machine; give --port N for another "
+        "(--port 0: any free port)"
+    )
 
 
 @app.command(rich_help_panel="Run")
@@ -108,8 +168,17 @@ def up(
     settings, the planner's KV capacity and a GPU-like speed; or, with --backend vllm, a real
     vLLM process for deployments that give model_path), and the gateway in front of them.
     An API key whose ${VAR} is unset gets a random key for the session, printed at start.
+    While it runs, smoke, burst, health and check given the same fleet file use this fleet
+    (a private file in the per-user runtime directory says where it is).
     """
     loaded = load_or_exit(fleet, strict_env=False)
+    if (already := find_running(fleet)) is not None:
+        err_console.print(
+            f"[red]error:[/] fleetgate up is already running {fleet} at {already.url} (pid "
+            f"{already.pid}); use that one, or stop it first",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -119,9 +188,20 @@ def up(
         async with local_fleet(
             loaded.fleet, gateway_port=port, backend=backend.value, speed=speed
         ) as running:
-            announce(running)
-            await stop.wait()
-            console.print("stopping ...")
+            with recorded(fleet, running):
+                announce(running)
+                console.print(
+                    next_steps(running, fleet), soft_wrap=True, markup=False, highlight=False
+                )
+                await stop.wait()
+                console.print("stopping ...")
 
+    gateway_port = require_gateway(loaded.fleet).port if port is None else port
     with exit_on_failure(fleet):
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or gateway_port == 0:
+                raise
+            err_console.print(f"[red]error:[/] {port_in_use(gateway_port)}", highlight=False)
+            raise typer.Exit(1) from None

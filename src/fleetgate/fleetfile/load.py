@@ -184,7 +184,8 @@ def parse_fleet(
     try:
         data = interpolate(raw, os.environ if env is None else env, strict=strict_env, unset=unset)
     except KeyError as exc:
-        raise FleetError(file, [unset_problem(*exc.args[0], "error")]) from None
+        keys, name = exc.args[0]
+        raise FleetError(file, [unset_problem(keys, name, "error")]) from None
     try:
         fleet = Fleet.model_validate(data)
     except ValidationError as exc:

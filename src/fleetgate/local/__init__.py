@@ -2,6 +2,7 @@
 
 from fleetgate.local.backends import BackendStartError, LocalBackend
 from fleetgate.local.localize import LocalFleet, free_port, localize
+from fleetgate.local.record import UpRecord, find_running, recorded, state_dir
 from fleetgate.local.up import RunningFleet, local_fleet
 
 __all__ = [
@@ -9,7 +10,11 @@ __all__ = [
     "LocalBackend",
     "LocalFleet",
     "RunningFleet",
+    "UpRecord",
+    "find_running",
     "free_port",
     "local_fleet",
     "localize",
+    "recorded",
+    "state_dir",
 ]
