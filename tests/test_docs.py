@@ -1,6 +1,10 @@
 """The docs' commands work as written, their links resolve, and the homelab Makefile calls
 fleetgate.
 
+Every ``curl`` and ``openai`` snippet of README.md and docs/*.md runs, as written, against the
+homelab fleet brought up locally (simulated backends, a gateway that can reload), and every
+gateway endpoint and metric is documented in docs/gateway.md.
+
 Every ``fleetgate`` line in a bash block of docs/*.md must parse (command, options and
 arguments, checked by the CLI's own parser); the ones that run locally and quickly (plan,
 validate, render) are run for real. Long-running or remote ones (up, serve, deploy, smoke, ...)
@@ -11,10 +15,15 @@ every ``fleetgate.x.y`` that docs/architecture.md names can be imported.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
+import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,9 @@ import typer
 from typer.testing import CliRunner
 
 from fleetgate.cli import app
+from fleetgate.fleetfile import load_fleet
+from fleetgate.gateway import serve
+from fleetgate.local import local_fleet, localize
 
 ROOT = Path(__file__).parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -80,6 +92,7 @@ def test_the_docs_exist_and_have_commands() -> None:
         "troubleshooting.md",
         "deployment-checklist.md",
         "architecture.md",
+        "gateway.md",
     } <= names
     used = {argv[0] for _, argv, _ in COMMANDS}
     assert {"up", "check", "plan", "validate", "render", "deploy", "rollback", "smoke"} <= used
@@ -204,3 +217,106 @@ def test_readme_tells_the_truth_about_install_and_test() -> None:
     assert "$HOME/.cache/fleetgate/vllm-" in ci and "~/.cache/fleetgate/" in readme
     assert "bash .ci/run --no-vllm" in readme and '" --no-vllm "' in ci
     assert "pytest -q --no-vllm" in readme
+
+
+# -- the snippets, run against a local fleet --------------------------------------------------
+
+HOMELAB = ROOT / "examples" / "homelab" / "fleet.yaml"
+DOC_URL = "http://127.0.0.1:4000"
+SNIPPET_DOCS = [ROOT / "README.md", *DOCS]
+# what a snippet may be refused with: the docs show it on purpose (an over-limit request)
+SHOWN_REFUSALS = {"max_tokens_exceeded"}
+
+
+def curl_snippets() -> list[tuple[str, str]]:
+    return [
+        (doc.name, line)
+        for doc in SNIPPET_DOCS
+        for line in bash_lines(doc)
+        if line.startswith("curl ")
+    ]
+
+
+def openai_snippets() -> list[tuple[str, str]]:
+    return [
+        (doc.name, block)
+        for doc in SNIPPET_DOCS
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+        if "from openai import" in block
+    ]
+
+
+def test_the_docs_have_snippets_to_run() -> None:
+    curls = curl_snippets()
+    paths = {re.search(r"4000(/[\w/]+)", line).group(1) for _, line in curls}  # type: ignore[union-attr]
+    assert {"/v1/models", "/v1/chat/completions", "/tokenize", "/metrics"} <= paths
+    assert all(DOC_URL in line for _, line in curls)
+    assert openai_snippets()
+
+
+async def test_every_curl_and_openai_snippet_runs_against_a_local_fleet() -> None:
+    """Each snippet as the docs write it, with the local gateway's address for port 4000 and the
+    keys in the environment, as a reader in a second shell would have them."""
+    pytest.importorskip("openai")
+    env = {"FLEETGATE_API_KEY": "sk-docs-0123456789", "FLEETGATE_ADMIN_KEY": "sk-admin-0123456"}
+    fleet = load_fleet(HOMELAB, env=env).fleet
+    async with contextlib.AsyncExitStack() as stack:
+        running = await stack.enter_async_context(local_fleet(fleet, gateway_port=0, speed=50))
+        # a gateway with a fleet file to re-read, as `fleetgate serve` has, for /admin/reload
+        gateway = await stack.enter_async_context(
+            serve(running.fleet, loader=lambda: running.fleet)
+        )
+        shell_env = {**os.environ, **env}
+        shell_env["PATH"] = f"{Path(sys.executable).parent}:{shell_env['PATH']}"
+
+        def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(argv, capture_output=True, text=True, env=shell_env, timeout=120)
+
+        for doc, line in curl_snippets():
+            command = line.replace(DOC_URL, gateway.url)
+            done = await asyncio.to_thread(run, ["bash", "-c", command])
+            assert done.returncode == 0, f"{doc}: {line}\n{done.stderr}"
+            out = done.stdout
+            if "/metrics" in line:
+                assert "# HELP fleetgate_requests_total" in out, out[:500]
+                continue
+            body = json.loads(out)
+            if "error" in body:
+                assert body["error"]["code"] in SHOWN_REFUSALS, f"{doc}: {line}\n{out}"
+            if "/admin/reload" in line:
+                assert body.get("reloaded") is True, out
+        for doc, block in openai_snippets():
+            code = block.replace(DOC_URL, gateway.url)
+            done = await asyncio.to_thread(run, [sys.executable, "-c", code])
+            assert done.returncode == 0, f"{doc}:\n{block}\n{done.stderr}"
+            assert done.stdout.strip(), f"{doc}: the snippet printed nothing"
+
+
+async def test_every_gateway_endpoint_and_metric_is_documented() -> None:
+    """Each route of the gateway's router (method and path) and each metric it exports is
+    named in docs/gateway.md."""
+    text = (ROOT / "docs" / "gateway.md").read_text()
+    env = {"FLEETGATE_API_KEY": "sk-docs-0123456789"}
+    # no backend is needed to list the routes and the metrics
+    fleet = localize(load_fleet(HOMELAB, env=env).fleet, gateway_port=0).fleet
+    async with serve(fleet) as gateway:
+        endpoints = {
+            (r.method, r.resource.canonical)
+            for r in gateway.app.router.routes()
+            if r.method != "*" and r.resource is not None and r.method != "HEAD"
+        }
+        metrics = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "-s", f"{gateway.url}/metrics"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert len(endpoints) >= 8
+    for method, path in sorted(endpoints):
+        assert f"`{method} {path}`" in text, f"docs/gateway.md does not document {method} {path}"
+    names = set(re.findall(r"^# HELP (\S+)", metrics.stdout, re.M))
+    names = {n for n in names if not n.endswith("_created")}
+    assert len(names) >= 10
+    for name in sorted(names):
+        assert f"`{name}`" in text, f"docs/gateway.md does not document the metric {name}"
