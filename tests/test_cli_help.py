@@ -57,3 +57,29 @@ def test_version() -> None:
     assert result.exit_code == 0
     assert result.output.strip() == f"fleetgate {__version__}"
     assert "--version" in _help()
+
+
+def test_the_smoke_table_keeps_names_whole_at_80_columns(monkeypatch, capsys) -> None:
+    """A route name longer than its share of 80 columns is printed whole, never cut mid-word."""
+    from rich.console import Console
+
+    from fleetgate.cli import probes as probes_module
+    from fleetgate.probes import SmokeReport
+    from fleetgate.probes.smoke import SmokeCheck
+
+    monkeypatch.setattr(
+        probes_module, "console", Console(width=80, force_terminal=True, color_system=None)
+    )
+    report = SmokeReport("http://127.0.0.1:4000")
+    for name in ("llama31-8b-wintermute-burst", "qwen2.5-7b-armitage"):
+        report.checks.append(
+            SmokeCheck(name, "exact input", True, "200 for 14000 in + 1024 out", "200, 1024 out")
+        )
+        report.checks.append(
+            SmokeCheck(name, "input + 1", True, "4xx saying context length", "400 " + "x" * 60)
+        )
+    probes_module.print_smoke(report)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for name in ("llama31-8b-wintermute-burst", "qwen2.5-7b-armitage", "exact input"):
+        assert name in out, out

@@ -271,7 +271,10 @@ def health(fleet: Path = typer.Argument(..., help="the fleet file")) -> None:
     ]
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
         results = list(pool.map(probe, targets))
-    table = Table("unit", "url", "health")
+    table = Table()
+    table.add_column("unit", no_wrap=True)
+    table.add_column("url", no_wrap=True)
+    table.add_column("health")
     for target, result in zip(targets, results, strict=True):
         colour = "green" if result.ok else "red"
         table.add_row(target.name, target.url, f"[{colour}]{result.detail}[/]")

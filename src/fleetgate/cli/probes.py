@@ -83,7 +83,8 @@ def writable_file(path: Path | None) -> Path | None:
 def print_smoke(report: SmokeReport) -> None:
     table = Table(title=f"context smoke test: {report.url}")
     for col in ("model", "check", "result", "expected", "got"):
-        table.add_column(col, overflow="fold")
+        # names stay whole at 80 columns; the free text wraps between words
+        table.add_column(col, overflow="fold", no_wrap=col in ("model", "check", "result"))
     for c in report.checks:
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]skip[/]"}[c.ok]
         table.add_row(c.model, c.check, mark, c.expected, c.got)
