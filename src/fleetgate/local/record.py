@@ -56,6 +56,8 @@ def record_path(fleet_file: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would end the process there (and `up` is POSIX only)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,7 +88,7 @@ def find_running(fleet_file: Path) -> UpRecord | None:
     """The ``up`` running ``fleet_file`` now, or None (no record, a stale or unreadable one)."""
     path = record_path(fleet_file)
     try:
-        if path.stat().st_uid != os.getuid():
+        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
             return None
         record = _parse(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
