@@ -433,3 +433,16 @@ def test_a_stale_record_is_ignored_and_removed(tmp_path: Path, monkeypatch) -> N
     assert find_running(HOMELAB) is None
     path.write_text("not json")
     assert find_running(HOMELAB) is None
+
+
+async def test_next_steps_refer_to_a_key_from_the_environment_never_print_it() -> None:
+    from fleetgate.cli.up import next_steps
+
+    secret = "sk-from-the-environment-0123"
+    fleet = load_fleet(HOMELAB, env={"FLEETGATE_API_KEY": secret}).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=10) as running:
+        text = next_steps(running, HOMELAB)
+    assert secret not in text
+    assert 'Authorization: Bearer $FLEETGATE_API_KEY"' in text
+    assert 'api_key=os.environ["FLEETGATE_API_KEY"]' in text
+    assert f"{running.gateway_url}/v1" in text
