@@ -289,11 +289,13 @@ def test_a_python_with_vllm_passes_the_check(
 # -- a running `up` is found by the commands given the same fleet file ------------------------
 
 
-def _start_up(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+def _start_up(
+    tmp_path: Path, *args: str, **extra_env: str
+) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
     """``fleetgate up HOMELAB`` in a process, its state in ``tmp_path``; returns its output up
     to the last line of what it prints at start."""
     env = {k: v for k, v in os.environ.items() if k != "FLEETGATE_API_KEY"}
-    env.update(COLUMNS="200", XDG_RUNTIME_DIR=str(tmp_path))
+    env.update(COLUMNS="200", XDG_RUNTIME_DIR=str(tmp_path), **extra_env)
     code = "import sys; from fleetgate.cli import main; sys.argv[0] = 'fleetgate'; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "up", str(HOMELAB), *args],
@@ -342,19 +344,25 @@ def test_up_prints_next_steps_that_work_as_pasted(tmp_path: Path) -> None:
 
 
 def test_commands_given_the_fleet_file_use_the_running_up(tmp_path: Path, monkeypatch) -> None:
-    """smoke, burst, health and check given the fleet file of a running `up` aim at it (and
-    say so), check starts no fleet of its own, a second `up` of the file is refused, and the
+    """smoke, burst, health, top and check given the fleet file of a running `up` aim at it
+    (and say so), check starts no fleet of its own, a second `up` of the file is refused, and the
     private state file is gone once `up` stops on Ctrl-C."""
     from typer.testing import CliRunner
 
     from fleetgate.cli import app
     from fleetgate.local import find_running, state_dir
 
-    proc, out, env = _start_up(tmp_path, "--port", "0", "--speed", "20")
+    admin = "sk-admin-of-this-up-0123"
+    proc, out, env = _start_up(tmp_path, "--port", "0", "--speed", "20", FLEETGATE_ADMIN_KEY=admin)
     runner = CliRunner()
     try:
         url = re.search(r"gateway: (http://127.0.0.1:\d+)", out).group(1)  # type: ignore[union-attr]
-        env_in = {"XDG_RUNTIME_DIR": str(tmp_path), "FLEETGATE_API_KEY": None, "COLUMNS": "200"}
+        env_in = {
+            "XDG_RUNTIME_DIR": str(tmp_path),
+            "FLEETGATE_API_KEY": None,
+            "FLEETGATE_ADMIN_KEY": None,
+            "COLUMNS": "200",
+        }
         record_dir = tmp_path / "fleetgate"
         [record_file] = list(record_dir.iterdir())
         assert record_file.stat().st_mode & 0o777 == 0o600
@@ -364,7 +372,7 @@ def test_commands_given_the_fleet_file_use_the_running_up(tmp_path: Path, monkey
         record = find_running(HOMELAB)
         # any spelling of the path finds it
         assert record is not None and find_running(Path(os.path.relpath(HOMELAB))) == record
-        assert record.url == url and record.pid == proc.pid
+        assert record.url == url and record.pid == proc.pid and record.admin_key == admin
         assert record.api_key and record.api_key in out
 
         smoke = runner.invoke(app, ["smoke", str(HOMELAB), "--json"], env=env_in)
@@ -380,6 +388,9 @@ def test_commands_given_the_fleet_file_use_the_running_up(tmp_path: Path, monkey
         assert health.exit_code == 0, health.output
         assert url in health.stdout and "127.0.0.1" in health.stdout
         assert "lan" not in health.stdout
+        top = runner.invoke(app, ["top", str(HOMELAB), "--once"], env=env_in)
+        assert top.exit_code == 0, top.output
+        assert "wintermute" in top.stdout and "lan" not in top.stdout
         check = runner.invoke(app, ["check", str(HOMELAB), "--no-rollback", "--json"], env=env_in)
         assert check.exit_code == 0, check.output
         assert json.loads(check.stdout)["url"] == url  # the running fleet, not a second one

@@ -1,10 +1,10 @@
 """Where a running ``fleetgate up`` is, so the commands given the same fleet file find it.
 
-``up`` writes one small JSON file per fleet file (its URL, its key, its backends' ports, its
-pid) into a per-user directory, readable by its owner only (the key is a secret), and removes
-it when it stops. ``smoke``, ``burst``, ``health`` and ``check`` read it: given the fleet file
-of a running ``up`` they aim at the local fleet, not at the file's real hosts. A file whose pid
-is gone (``up`` was killed) is stale: it is ignored and removed.
+``up`` writes one small JSON file per fleet file (its URL, its keys, its backends' ports, its
+pid) into a per-user directory, readable by its owner only (the keys are secrets), and removes
+it when it stops. ``smoke``, ``burst``, ``health``, ``check`` and ``top`` read it: given the
+fleet file of a running ``up`` they aim at the local fleet, not at the file's real hosts. A
+file whose pid is gone (``up`` was killed) is stale: it is ignored and removed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class UpRecord:
     api_key: str | None
     gateway_port: int
     ports: dict[str, int]  # deployment -> its loopback port
+    admin_key: str | None = None  # for `fleetgate top`, when the fleet has one
 
     def localized(self, fleet: Fleet) -> Fleet:
         """``fleet`` as this ``up`` runs it: loopback hosts, its ports (keys: use ``api_key``)."""
@@ -78,6 +79,7 @@ def _parse(data: Any) -> UpRecord | None:
             api_key=None if data["api_key"] is None else str(data["api_key"]),
             gateway_port=int(data["gateway_port"]),
             ports={str(k): int(v) for k, v in dict(data["ports"]).items()},
+            admin_key=None if data.get("admin_key") is None else str(data["admin_key"]),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -113,6 +115,7 @@ def recorded(fleet_file: Path, running: RunningFleet) -> Iterator[UpRecord]:
         api_key=running.api_key,
         gateway_port=running.local.gateway_port,
         ports=dict(running.local.ports),
+        admin_key=running.fleet.gateway.admin_key if running.fleet.gateway else None,
     )
     path = record_path(fleet_file)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
