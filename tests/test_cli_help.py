@@ -83,3 +83,14 @@ def test_the_smoke_table_keeps_names_whole_at_80_columns(monkeypatch, capsys) ->
     assert max(len(line) for line in out.splitlines()) <= 80
     for name in ("llama31-8b-wintermute-burst", "qwen2.5-7b-armitage", "exact input"):
         assert name in out, out
+
+
+def test_top_level_help_groups_commands_by_purpose() -> None:
+    out = _help()
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    headings = [
+        line.rstrip(":") for line in out.splitlines() if line in {"Plan:", "Ship:", "Run:", "Test:"}
+    ]
+    assert headings == ["Plan", "Ship", "Run", "Test"], out
+    plan_part = out.split("Plan:")[1].split("Ship:")[0]
+    assert "validate" in plan_part and "plan" in plan_part and "deploy" not in plan_part
