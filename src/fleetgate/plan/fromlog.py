@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetgate.kvcache import Drift, kv_cache_line
 from fleetgate.models import ModelInfo
 from fleetgate.plan.memory import KV_DTYPE_BYTES, DeploymentPlan, PlanInput
 from fleetgate.plan.rules import DEFAULT_VLLM, check_version
@@ -146,11 +147,8 @@ def _read_line(log: StartupLog, line: str) -> bool:
     if m := re.search(r"Explicitly set \(([\d.]+)/([\d.]+)\) GiB for KV cache", line):
         found, log.available_kv_gib, log.total_gib = True, _f(m.group(1)), _f(m.group(2))
         log.device = "cpu"
-    if m := re.search(rf"(GPU|CPU) KV cache size: {_NUM} tokens", line):
-        found, log.kv_cache_tokens = True, int(_f(m.group(2)))
-        log.device = m.group(1).lower()
-    if m := re.search(r"(?:^|#\s*|\]\s)(?:GPU|cuda|CUDA) blocks: (\d+)", line):
-        found, log.kv_cache_tokens = True, int(m.group(1)) * 16
+    if kv := kv_cache_line(line):
+        found, (log.kv_cache_tokens, log.device) = True, kv
     if m := re.search(rf"Maximum concurrency for {_NUM} tokens per request: {_NUM}x", line):
         found, log.concurrency_len, log.concurrency = True, int(_f(m.group(1))), _f(m.group(2))
     if m := re.search(rf"Estimated CUDA graph memory: {_NUM} GiB", line):
@@ -283,31 +281,6 @@ def plan_input_from_log(
         enable_prefix_caching=bool(a.get("enable_prefix_caching")),
     )
     return spec, unmodelled
-
-
-# A plan more than this far from what vLLM reported is a warning with both numbers.
-DRIFT_WARN = 0.10
-
-
-@dataclass(frozen=True)
-class Drift:
-    """Planned against reported KV tokens of one running deployment (for a release)."""
-
-    planned_tokens: int
-    reported_tokens: int
-
-    @property
-    def relative(self) -> float:
-        return self.planned_tokens / self.reported_tokens - 1 if self.reported_tokens else 0.0
-
-    @property
-    def warning(self) -> str | None:
-        if abs(self.relative) <= DRIFT_WARN:
-            return None
-        return (
-            f"planned {self.planned_tokens:,} KV tokens, vLLM reported "
-            f"{self.reported_tokens:,} ({self.relative:+.0%})"
-        )
 
 
 def drift(plan: DeploymentPlan, log: StartupLog) -> Drift | None:
