@@ -31,7 +31,10 @@ from fleetgate.deploy import (
     probe,
 )
 from fleetgate.fleetfile import load_fleet
+from fleetgate.plan import planned_kv_tokens
 from fleetgate.render import render_host, source_of
+
+PLAN_DATA = Path(__file__).parent / "plan_data"
 
 STAND_IN = r"""
 import argparse, json, os, sys, time
@@ -44,6 +47,13 @@ args, _ = p.parse_known_args()
 limit = int(os.environ.get("STAND_IN_KV_TOKENS", "1000000"))
 print("stand-in loading", args.served_model_name, args.max_model_len, flush=True)
 time.sleep(0.5)
+# real vLLM 0.8 start-up lines (tests/plan_data/logs/vllm-17122-l40s-llama31-8b.log), sized as
+# the stand-in's KV space
+print("INFO 04-24 16:33:00 [gpu_model_runner.py:1316] Model loading took 14.9889 GiB and "
+      "3.652170 seconds")
+print(f"INFO 04-24 16:33:13 [kv_cache_utils.py:634] GPU KV cache size: {limit:,} tokens")
+print(f"INFO 04-24 16:33:13 [kv_cache_utils.py:637] Maximum concurrency for "
+      f"{args.max_model_len:,} tokens per request: {limit / args.max_model_len:.2f}x", flush=True)
 if args.max_model_len > limit:
     print(f"ValueError: To serve at least one request with the models's max seq len "
           f"({args.max_model_len}), the estimated maximum model length is {limit}.", flush=True)
@@ -88,7 +98,14 @@ def stand_in_python(directory: Path) -> Path:
 
 
 def write_fleet(
-    path: Path, *, host: dict, python: Path, port: int, max_model_len: int, kv_tokens: int
+    path: Path,
+    *,
+    host: dict,
+    python: Path,
+    port: int,
+    max_model_len: int,
+    kv_tokens: int,
+    model_path: Path | None = None,
 ) -> Path:
     fleet = {
         "version": 1,
@@ -99,7 +116,7 @@ def write_fleet(
                 "host": "box",
                 "port": port,
                 "model": "tiny",
-                "model_path": "/nonexistent/tiny",
+                "model_path": str(model_path or "/nonexistent/tiny"),
                 "served_model_name": "tiny",
                 "max_model_len": max_model_len,
                 "max_num_seqs": 2,
@@ -404,3 +421,72 @@ def test_a_deploy_killed_midway_leaves_a_whole_release_and_the_next_one_recovers
     assert served_len(port) == 2000
     final = (workdir / "current").resolve()
     assert json.loads((final / "manifest.json").read_text())["units"][0]["max_model_len"] == 2000
+
+
+def test_a_deploy_keeps_planned_and_reported_kv_tokens_and_warns_past_ten_percent(
+    tmp_path: Path, box: dict
+) -> None:
+    """The stand-in prints vLLM's own start-up lines; the release keeps the plan beside them."""
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(PLAN_DATA / "configs" / "Qwen2.5-1.5B-Instruct.json", model / "config.json")
+    python = stand_in_python(tmp_path)
+    port = free_port()
+    fleet = tmp_path / "fleet.yaml"
+    runner = CliRunner()
+    workdir = Path(box["workdir"])
+
+    def write(kv_tokens: int) -> Path:
+        return write_fleet(
+            fleet,
+            host=box,
+            python=python,
+            port=port,
+            max_model_len=1024,
+            kv_tokens=kv_tokens,
+            model_path=model,
+        )
+
+    def deploy(kv_tokens: int):
+        write(kv_tokens)
+        result = runner.invoke(app, ["deploy", str(fleet), "--backups", str(tmp_path / "b")])
+        assert result.exit_code == 0, result.output
+        meta = json.loads((workdir / "current" / "release.json").read_text())
+        return result, meta
+
+    planned = planned_kv_tokens(load_fleet(write(1)).fleet)["tiny"]
+    assert planned > 100_000  # a 1.5B model on 24 GiB: the plan is a real one
+
+    close = planned * 21 // 20  # vLLM found 5% more than planned: recorded, no warning
+    first, meta = deploy(close)
+    v1 = meta["release"]
+    assert meta["kv_cache"] == {"tiny": {"planned_tokens": planned, "reported_tokens": close}}
+    assert f"planned {planned:,} KV tokens, vLLM reported {close:,} (-5%)" in first.output
+    assert "warning" not in first.output
+
+    far = planned // 2  # half of the plan: a warning with both numbers
+    second, meta = deploy(far)
+    assert meta["kv_cache"] == {"tiny": {"planned_tokens": planned, "reported_tokens": far}}
+    assert meta["previous"] == v1
+    warning = second.output[second.output.index("warning:") :]
+    assert f"{planned:,}" in warning and f"{far:,}" in warning and "+100%" in warning
+
+    listing = runner.invoke(app, ["releases", str(fleet), "box"])
+    assert listing.exit_code == 0, listing.output
+    warning = listing.output[listing.output.index("warning:") :]
+    assert f"{planned:,}" in warning and f"{far:,}" in warning
+
+    shown = runner.invoke(app, ["plan", str(fleet), "--drift", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (entry,) = json.loads(shown.output)
+    assert entry["in_service"]["release"] == meta["release"]
+    assert entry["in_service"]["planned_tokens"] == planned == entry["kv_cache_tokens"]
+    assert entry["in_service"]["reported_tokens"] == far
+    assert f"{far:,}" in entry["in_service"]["warning"]
+    table = runner.invoke(app, ["plan", str(fleet), "--drift"])
+    assert table.exit_code == 0, table.output
+    assert "warning: drift" in table.output and f"{far:,}" in table.output
+    # without --drift the plan reads no host
+    assert (
+        "in_service" not in json.loads(runner.invoke(app, ["plan", str(fleet), "--json"]).output)[0]
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -19,11 +20,14 @@ from fleetgate.deploy import (
     GateTarget,
     HostDeployer,
     HostReport,
+    HostState,
     host_ops,
     probe,
     transport_for,
 )
 from fleetgate.errors import FleetgateError
+from fleetgate.kvcache import Drift
+from fleetgate.plan import planned_kv_tokens
 from fleetgate.render import RenderError, Source, host_manifest, render_host, source_of
 
 SSH_CONFIG = typer.Option(None, "--ssh-config", help="an ssh_config file for ssh -F")
@@ -62,6 +66,7 @@ def _deployer(
     ssh_config: Path | None,
     gate_timeout: float = 900,
     step: Callable[[str], None] | None = None,
+    planned: dict[str, int] | None = None,
 ) -> HostDeployer:
     h = source.fleet.hosts[host]
     workdir = host_manifest(source, host).workdir
@@ -72,6 +77,7 @@ def _deployer(
         backups=backups or fleet_path.resolve().parent / "backups",
         gate_timeout_s=gate_timeout,
         step=step,
+        planned_kv_tokens=planned,
     )
 
 
@@ -122,6 +128,8 @@ def _print_report(report: HostReport, *, show_diff: bool) -> None:
         console.print(f"  backup: {report.backup}", highlight=False)
     for message in report.messages:
         console.print(f"  {message}", highlight=False, markup=False, soft_wrap=True)
+    for warning in report.warnings:
+        console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if report.log_tail:
         console.print(report.log_tail.rstrip(), highlight=False, markup=False, soft_wrap=True)
 
@@ -160,6 +168,8 @@ def deploy(
     """
     source = _source(fleet)
     names = _hosts(source, hosts or [])
+    # what the plan says each server's KV cache holds, kept beside what vLLM reports
+    planned = {} if dry_run else planned_kv_tokens(source.fleet)
 
     def work(host: str, step: Callable[[str], None]) -> HostReport:
         deployer = _deployer(
@@ -170,6 +180,7 @@ def deploy(
             ssh_config=ssh_config,
             gate_timeout=gate_timeout,
             step=step,
+            planned=planned,
         )
         # release.json (left out of the diff) records where this deploy read the fleet from
         return deployer.deploy(
@@ -212,16 +223,15 @@ def releases(
     host: str = typer.Argument(..., help="the host"),
     ssh_config: Path | None = SSH_CONFIG,
 ) -> None:
-    """List a host's releases and which one is current."""
+    """List a host's releases, which one is current, and each server's KV cache: planned
+    against what vLLM reported when the release was deployed (over 10% off is a warning)."""
     source = _source(fleet)
     _hosts(source, [host])
-    deployer = _deployer(source, host, backups=None, fleet_path=fleet, ssh_config=ssh_config)
-    try:
-        state = deployer.releases()
-    except FleetgateError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    table = Table("", "release", "status", "created", "settings", "previous")
+    state = host_states(source, [host], fleet_path=fleet, ssh_config=ssh_config)[host]
+    if isinstance(state, FleetgateError):
+        err_console.print(f"[red]error:[/] {state}")
+        raise typer.Exit(1)
+    table = Table("", "release", "status", "created", "settings", "previous", "KV tokens")
     for r in reversed(state.releases):
         table.add_row(
             "→" if r.name == state.current else "",
@@ -230,9 +240,41 @@ def releases(
             str(r.meta.get("created", "")),
             str(r.meta.get("settings_sha256", "")),
             str(r.meta.get("previous") or ""),
+            "\n".join(_kv_cell(name, d) for name, d in r.kv_cache.items()),
         )
     console.print(table)
     console.print(f"current: {state.current or 'none'}", highlight=False)
+    current = state.release(state.current) if state.current else None
+    for name, d in (current.kv_cache if current else {}).items():
+        if d.warning:
+            console.print(f"[yellow]warning:[/] {name}: {escape(d.warning)}", highlight=False)
+
+
+def _kv_cell(name: str, d: Drift) -> str:
+    """One server's planned / reported KV tokens, short enough for a table cell."""
+    planned = "?" if d.planned_tokens is None else f"{d.planned_tokens:,}"
+    reported = "?" if d.reported_tokens is None else f"{d.reported_tokens:,}"
+    off = "" if d.relative is None else f" ({d.relative:+.0%})"
+    text = f"{name}: {planned} planned, {reported} reported{off}"
+    return f"[yellow]{escape(text)}[/]" if d.warning else escape(text)
+
+
+def host_states(
+    source: Source, hosts: list[str], *, fleet_path: Path, ssh_config: Path | None
+) -> dict[str, HostState | FleetgateError]:
+    """Each host's releases, read at once; a host that cannot be read gives its error."""
+
+    def read(host: str) -> HostState | FleetgateError:
+        deployer = _deployer(
+            source, host, backups=None, fleet_path=fleet_path, ssh_config=ssh_config
+        )
+        try:
+            return deployer.releases()
+        except FleetgateError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        return dict(zip(hosts, pool.map(read, hosts), strict=True))
 
 
 @app.command(rich_help_panel="Ship")

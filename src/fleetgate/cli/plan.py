@@ -9,11 +9,15 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.fleetfile import FleetError, GpuModel, lookup_gpu
+from fleetgate.cli.deploy import host_states
+from fleetgate.errors import FleetgateError
+from fleetgate.fleetfile import FleetError, GpuModel, LoadedFleet, lookup_gpu
+from fleetgate.kvcache import Drift
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan import (
     DEFAULT_VLLM,
@@ -30,6 +34,7 @@ from fleetgate.plan.memory import GIB
 from fleetgate.plan.rules import Version
 from fleetgate.plan.suggest import SEQUENCES, Suggestions
 from fleetgate.plan.suggest import suggest as suggest_settings
+from fleetgate.render import RenderError, source_of
 
 
 class KvDtype(StrEnum):
@@ -130,6 +135,13 @@ def plan(
         "sequences, the most sequences at the asked context, the fp16 cost, and the highest "
         "utilization that passes the start-up check",
     ),
+    drift: bool = typer.Option(
+        False,
+        "--drift",
+        help="with FLEET: also read each host's release in service (over its transport) and "
+        "show the KV tokens its deploy planned and vLLM reported; over 10% off is a warning",
+    ),
+    ssh_config: Path | None = typer.Option(None, "--ssh-config", help="for --drift: ssh -F"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Will it fit? Weights, activation, overhead and KV cache per GPU, as vLLM accounts them.
@@ -138,8 +150,9 @@ def plan(
     ad-hoc deployment (vLLM's defaults for what is not given; --host-os and
     --desktop-reserve-gib for what else holds the GPU). Exit 1 if anything does not fit or
     will not pass vLLM's start-up free-memory check. --suggest prints a table of settings
-    instead; --from-log sets a plan beside a real vLLM start-up log. Every plan names the vLLM
-    version and model runner it assumed.
+    instead; --from-log sets a plan beside a real vLLM start-up log; --drift sets each plan
+    beside what the running deployment's vLLM reported. Every plan names the vLLM version and
+    model runner it assumed.
     """
     if from_log is not None:
         if fleet is not None:
@@ -150,11 +163,17 @@ def plan(
     if (fleet is None) == (model is None):
         err_console.print("[red]error:[/] give a FLEET file or --model (not both)")
         raise typer.Exit(2)
+    if drift and fleet is None:
+        err_console.print("[red]error:[/] --drift reads a FLEET file's hosts: give FLEET")
+        raise typer.Exit(2)
+    in_service: dict[str, tuple[str, Drift]] = {}
     specs: list[PlanInput] = []
     try:
         if fleet is not None:
             loaded = load_or_exit(fleet, strict_env=False)
             specs = [plan_input(loaded.fleet, n) for n in loaded.fleet.deployments]
+            if drift:
+                in_service = _in_service(loaded, fleet, ssh_config)
             forced = _version(vllm_version)
             if forced is not None:  # "what if I upgrade": instead of each image's tag
                 specs = [dataclasses.replace(s, vllm_version=forced) for s in specs]
@@ -198,12 +217,41 @@ def plan(
         raise typer.Exit(1) from None
 
     if as_json:
-        print(json.dumps([plan_to_dict(p) for p in plans], indent=2))
+        out = [plan_to_dict(p) for p in plans]
+        for data, p in zip(out, plans, strict=True):
+            if p.name in in_service:
+                release, d = in_service[p.name]
+                data["in_service"] = {"release": release, **d.to_json(), "warning": d.warning}
+        print(json.dumps(out, indent=2))
     else:
         for p in plans:
-            _print_plan(p)
+            _print_plan(p, in_service.get(p.name))
     if not all(p.fits for p in plans):
         raise typer.Exit(1)
+
+
+def _in_service(
+    loaded: LoadedFleet, fleet: Path, ssh_config: Path | None
+) -> dict[str, tuple[str, Drift]]:
+    """Each deployment's KV tokens as the deploy of its host's release in service recorded
+    them (planned then, reported by vLLM): read through deploy, never planned here."""
+    try:
+        source = source_of(loaded)
+    except RenderError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    hosts = sorted({d.host for d in loaded.fleet.deployments.values()})
+    found: dict[str, tuple[str, Drift]] = {}
+    for host, state in host_states(source, hosts, fleet_path=fleet, ssh_config=ssh_config).items():
+        if isinstance(state, FleetgateError):
+            err_console.print(f"[yellow]warning:[/] {host}: its releases were not read: {state}")
+            continue
+        current = state.release(state.current) if state.current else None
+        if current is None:
+            continue
+        for name, d in current.kv_cache.items():
+            found[name] = (current.name, d)
+    return found
 
 
 def _gpu(gpu: str | None, gpu_memory: float | None) -> tuple[GpuModel | None, str, float]:
@@ -372,7 +420,7 @@ def _cell(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _print_plan(p: DeploymentPlan) -> None:
+def _print_plan(p: DeploymentPlan, in_service: tuple[str, Drift] | None = None) -> None:
     color = "green" if p.verdict == "fits" else ("yellow" if p.fits else "red")
     verdict = f"[{color}]{p.verdict}[/]"
     console.rule(f"{verdict}: [bold]{p.name}[/]", align="left")
@@ -437,6 +485,13 @@ def _print_plan(p: DeploymentPlan) -> None:
     if p.startup is not None:
         color = "green" if p.startup.passes else ("red" if p.startup.certain else "yellow")
         rows.append((f"[{color}]start-up check[/]", p.startup.describe()))
+    if in_service is not None:
+        release, d = in_service
+        text = f"release {release}: {d.describe()}"
+        if d.planned_tokens is not None and d.planned_tokens != p.kv_cache_tokens:
+            text += f"; the plan now: {p.kv_cache_tokens:,}"
+        label = "[yellow]warning: drift[/]" if d.warning else "in service"
+        rows.append((label, escape(text)))
     for note in p.notes:
         rows.append(("note", note))
     for reason in p.reasons:

@@ -38,6 +38,12 @@ switch ($Op) {
     'mark-failed' {
         Set-Content -Path (Join-Path (Join-Path $releases $Rest[0]) 'FAILED') -Value $Rest[1]
     }
+    'write-meta' {
+        $dir = Join-Path $releases $Rest[0]
+        $tmp = Join-Path $dir '.release.json.tmp'
+        Set-Content -Path $tmp -Value $Rest[1]
+        Move-Item -Force $tmp (Join-Path $dir 'release.json')
+    }
     'unit' {
         $script = Join-Path (Join-Path $releases $Rest[0]) $Rest[1]
         $unitArgs = @($Rest | Select-Object -Skip 2)

@@ -43,6 +43,10 @@ case $op in
   mark-failed)
     printf '%s\n' "$2" >"$wd/releases/$1/FAILED"
     ;;
+  write-meta)
+    printf '%s\n' "$2" >"$wd/releases/$1/.release.json.tmp"
+    mv -f "$wd/releases/$1/.release.json.tmp" "$wd/releases/$1/release.json"
+    ;;
   unit)
     release=$1 script=$2
     shift 2

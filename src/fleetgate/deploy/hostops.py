@@ -18,6 +18,7 @@ from typing import Any
 
 from fleetgate.deploy.transport import Result, Transport, TransportError
 from fleetgate.errors import FleetgateError
+from fleetgate.kvcache import Drift
 
 RELEASE_META = "release.json"
 
@@ -31,6 +32,15 @@ class Release:
     name: str
     failed: bool
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kv_cache(self) -> dict[str, Drift]:
+        """Each server's planned and reported KV tokens, as its deploy recorded them."""
+        recorded = self.meta.get("kv_cache")
+        if not isinstance(recorded, dict):
+            return {}
+        entries = {name: Drift.from_json(entry) for name, entry in recorded.items()}
+        return {name: d for name, d in entries.items() if d is not None}
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,11 @@ class HostOps:
 
     def mark_failed(self, release: str, reason: str) -> None:
         self._check(self._op("mark-failed", release, reason), "marking a failed release")
+
+    def write_meta(self, release: str, meta: dict[str, Any]) -> None:
+        """Replace a release's release.json (written beside it, then renamed over it)."""
+        text = json.dumps(meta, sort_keys=True)
+        self._check(self._op("write-meta", release, text), f"recording release {release}")
 
     def unit(
         self, release: str, script: str, action: str, *args: str, timeout: float = 180

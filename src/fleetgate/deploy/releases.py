@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +21,14 @@ from pathlib import Path
 from fleetgate.deploy.gate import GateResult, GateTarget, wait_healthy
 from fleetgate.deploy.hostops import RELEASE_META, HostError, HostOps, HostState
 from fleetgate.deploy.transport import TransportError
-from fleetgate.render.manifest import Manifest, ManifestError, Unit
+from fleetgate.kvcache import Drift, reported_kv_tokens
+from fleetgate.render.manifest import Manifest, ManifestError, Unit, VllmUnit
 
 LOG_LINES = 20
 LOG_SCAN_LINES = 400
+# how much of a healthy server's log is read for its start-up lines (a gate that waited long
+# adds a few lines a minute; the start-up lines must still be in it)
+STARTUP_SCAN_LINES = 5000
 _EXCEPTION = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
 Step = Callable[[str], None]
 PAUSE_AT = "FLEETGATE_TEST_PAUSE_AT"
@@ -42,6 +46,7 @@ class HostReport:
     diff: str = ""
     backup: Path | None = None
     messages: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     log_tail: str = ""
 
 
@@ -146,12 +151,16 @@ class HostDeployer:
         backups: Path,
         gate_timeout_s: float = 900,
         step: Step | None = None,
+        planned_kv_tokens: Mapping[str, int] | None = None,
     ) -> None:
+        """``planned_kv_tokens``: the plan's KV tokens per deployment, as plain data; a deploy
+        keeps them in the release beside what each server reported at start-up."""
         self.host = host
         self.ops = ops
         self.backups = backups
         self.gate_timeout_s = gate_timeout_s
         self.step = step or (lambda _text: None)
+        self.planned_kv_tokens = dict(planned_kv_tokens or {})
 
     # -- the public verbs -------------------------------------------------------------------
 
@@ -288,6 +297,7 @@ class HostDeployer:
         _pause_point("switched")
         if self._start_and_gate(name, _units(new), report):
             report.action = "deployed"
+            self._record_kv_cache(name, _units(new), meta, report)
             return
         report.ok = False
         report.action = "rolled back" if state.current else "failed"
@@ -306,6 +316,31 @@ class HostDeployer:
             + ("healthy again" if back else "its health gate failed too")
         )
         report.messages.extend(rollback.messages)
+
+    def _record_kv_cache(
+        self, release: str, units: list[Unit], meta: Mapping[str, object], report: HostReport
+    ) -> None:
+        """Keep "planned N tokens, vLLM reported M" of each server in the release's
+        release.json, from the server's own start-up lines; more than 10% off is a warning.
+        The release is healthy whatever this finds: nothing here fails a deploy."""
+        recorded: dict[str, object] = {}
+        for unit in units:
+            if not isinstance(unit, VllmUnit):
+                continue
+            self.step(f"reading {unit.name}'s start-up lines")
+            logs = self.ops.unit(release, unit.script, "logs", str(STARTUP_SCAN_LINES))
+            reported = reported_kv_tokens(logs.text) if logs.rc == 0 else None
+            drift = Drift(self.planned_kv_tokens.get(unit.name), reported)
+            recorded[unit.name] = drift.to_json()
+            report.messages.append(f"{unit.name}: {drift.describe()}")
+            if drift.warning:
+                report.warnings.append(f"{unit.name}: {drift.warning}")
+        if not recorded:
+            return
+        try:
+            self.ops.write_meta(release, {**meta, "kv_cache": recorded})
+        except (HostError, TransportError) as exc:
+            report.warnings.append(f"the KV cache sizes were not recorded: {exc}")
 
     def _units_of(self, release: str | None) -> list[Unit]:
         if release is None:

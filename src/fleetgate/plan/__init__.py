@@ -1,7 +1,13 @@
 """The GPU memory planner: will a deployment fit, and what is the largest context that does."""
 
 from fleetgate.plan.display import memory_bar, memory_split
-from fleetgate.plan.fleetplan import fleet_memory, plan_fleet, plan_input, plan_problems
+from fleetgate.plan.fleetplan import (
+    fleet_memory,
+    plan_fleet,
+    plan_input,
+    plan_problems,
+    planned_kv_tokens,
+)
 from fleetgate.plan.memory import (
     BLOCK_SIZE,
     DeploymentPlan,
@@ -45,5 +51,6 @@ __all__ = [
     "plan_fleet",
     "plan_input",
     "plan_problems",
+    "planned_kv_tokens",
     "weight_bytes",
 ]

@@ -56,6 +56,18 @@ def fleet_memory(fleet: Fleet) -> dict[str, dict[str, Any]]:
     return split
 
 
+def planned_kv_tokens(fleet: Fleet) -> dict[str, int]:
+    """The KV tokens the plan gives each plannable deployment, as plain data: what a deploy
+    records beside what vLLM reports (a model the planner does not know is left out)."""
+    planned = {}
+    for name in fleet.deployments:
+        try:
+            planned[name] = plan_deployment(plan_input(fleet, name)).kv_cache_tokens
+        except UnknownModelError:
+            continue
+    return planned
+
+
 def plan_problems(fleet: Fleet) -> list[Problem]:
     """Deployments that will not start, as fleet-file problems with a suggestion each: the
     memory fit (errors) and vLLM's start-up free-memory check (an error when the host's
