@@ -8,6 +8,7 @@ start ("estimated maximum model length is ..."), which is the failure the rollba
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -75,6 +76,18 @@ def test_bad_release_rolls_back_to_the_previous_max_model_len(tmp_path: Path) ->
         assert good.exit_code == 0, good.output
         assert "deployed" in good.output
         assert _served_max_model_len(port) == 2048
+        # the release keeps the KV cache size vLLM itself logged at start-up, beside the plan
+        log = (tmp_path / "host" / "logs" / "tiny.log").read_text()
+        (logged,) = re.findall(r"CPU KV cache size: ([\d,]+) tokens", log)
+        logged_tokens = int(logged.replace(",", ""))
+        meta = json.loads((tmp_path / "host" / "current" / "release.json").read_text())
+        kv = meta["kv_cache"]["tiny"]
+        assert kv["reported_tokens"] == logged_tokens, (kv, logged)
+        # the plan is for the fleet file's 24 GiB GPU, the server ran on the CPU with 1 GiB of
+        # KV space: far off, so the deploy warned with both numbers
+        assert kv["planned_tokens"] > 2 * logged_tokens
+        warning = good.output[good.output.index("warning: tiny:") :]
+        assert f"{kv['planned_tokens']:,}" in warning and logged in warning
 
         _fleet(tmp_path, model_dir, port, 32768)
         bad = runner.invoke(app, ["deploy", str(fleet), *common])

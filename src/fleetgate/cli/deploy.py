@@ -231,7 +231,9 @@ def releases(
     if isinstance(state, FleetgateError):
         err_console.print(f"[red]error:[/] {state}")
         raise typer.Exit(1)
-    table = Table("", "release", "status", "created", "settings", "previous", "KV tokens")
+    table = Table(
+        "", "release", "status", "created", "settings", "previous", "KV tokens planned / reported"
+    )
     for r in reversed(state.releases):
         table.add_row(
             "→" if r.name == state.current else "",
@@ -255,7 +257,7 @@ def _kv_cell(name: str, d: Drift) -> str:
     planned = "?" if d.planned_tokens is None else f"{d.planned_tokens:,}"
     reported = "?" if d.reported_tokens is None else f"{d.reported_tokens:,}"
     off = "" if d.relative is None else f" ({d.relative:+.0%})"
-    text = f"{name}: {planned} planned, {reported} reported{off}"
+    text = f"{name}: {planned} / {reported}{off}"
     return f"[yellow]{escape(text)}[/]" if d.warning else escape(text)
 
 

@@ -332,9 +332,10 @@ class HostDeployer:
             reported = reported_kv_tokens(logs.text) if logs.rc == 0 else None
             drift = Drift(self.planned_kv_tokens.get(unit.name), reported)
             recorded[unit.name] = drift.to_json()
-            report.messages.append(f"{unit.name}: {drift.describe()}")
             if drift.warning:
                 report.warnings.append(f"{unit.name}: {drift.warning}")
+            else:
+                report.messages.append(f"{unit.name}: {drift.describe()}")
         if not recorded:
             return
         try:
