@@ -77,7 +77,7 @@ def test_bad_release_rolls_back_to_the_previous_max_model_len(tmp_path: Path) ->
         assert "deployed" in good.output
         assert _served_max_model_len(port) == 2048
         # the release keeps the KV cache size vLLM itself logged at start-up, beside the plan
-        log = (tmp_path / "host" / "logs" / "tiny.log").read_text()
+        log = (tmp_path / "host" / "logs" / "vllm-tiny.log").read_text()
         (logged,) = re.findall(r"CPU KV cache size: ([\d,]+) tokens", log)
         logged_tokens = int(logged.replace(",", ""))
         meta = json.loads((tmp_path / "host" / "current" / "release.json").read_text())
