@@ -80,8 +80,10 @@ def test_host_ps1_parses_as_sent(workdir: str) -> None:
     ops.activate("2026-12-01T20-00-00")
     ops.mark_failed("2026-12-01T20-00-00", f"health gate: {AWKWARD}")
     ops.unit("2026-12-01T20-00-00", "Start-VLLM.ps1", "logs", "-Lines", AWKWARD)
+    kv = {"tiny": {"planned_tokens": 1000, "reported_tokens": 900}}
+    ops.write_meta("2026-12-01T20-00-00", {"kv_cache": kv, "fleet_file": AWKWARD})
     scripts = [sent_script(c) for c in transport.commands if c.startswith("powershell ")]
-    assert len(scripts) >= 6  # state, prepare, commit, activate, mark-failed, unit
+    assert len(scripts) >= 7  # state, prepare, commit, activate, mark-failed, unit, write-meta
     for script in scripts:
         assert parse_errors(script) == [], script.splitlines()[:3]
     quoted = "'" + workdir.replace("'", "''") + "'"

@@ -84,6 +84,6 @@ class Drift:
         if not isinstance(data, dict):
             return None
         planned, reported = data.get("planned_tokens"), data.get("reported_tokens")
-        if not all(v is None or (isinstance(v, int) and v >= 0) for v in (planned, reported)):
+        if not all(v is None or (type(v) is int and v >= 0) for v in (planned, reported)):
             return None
         return cls(planned, reported)
