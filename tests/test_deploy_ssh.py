@@ -8,6 +8,7 @@ must stop the deploy before anything is touched.
 from __future__ import annotations
 
 import getpass
+import json
 import shutil
 import socket
 import subprocess
@@ -100,6 +101,9 @@ def test_deploy_and_rollback_over_ssh(tmp_path: Path, sshd: SshServer) -> None:
         assert first.exit_code == 0, first.output
         assert served_len(port) == 1024
         assert (workdir / "current").is_symlink()
+        # the stand-in's start-up lines, read and recorded over ssh (no plan: an unknown model)
+        meta = json.loads((workdir / "current" / "release.json").read_text())
+        assert meta["kv_cache"] == {"tiny": {"planned_tokens": None, "reported_tokens": 2048}}
 
         write_fleet(fleet, host=host, python=python, port=port, max_model_len=4096, kv_tokens=2048)
         bad = runner.invoke(app, ["deploy", str(fleet), *opts, "--gate-timeout", "60"])
