@@ -231,9 +231,11 @@ def releases(
     if isinstance(state, FleetgateError):
         err_console.print(f"[red]error:[/] {state}")
         raise typer.Exit(1)
-    table = Table(
-        "", "release", "status", "created", "settings", "previous", "KV tokens planned / reported"
-    )
+    table = Table()
+    for column in ("", "release", "status", "created", "settings", "previous"):
+        # a release name is what --to takes: whole, never cut
+        table.add_column(column, no_wrap=column == "release")
+    table.add_column("KV tokens")
     for r in reversed(state.releases):
         table.add_row(
             "→" if r.name == state.current else "",
@@ -257,7 +259,7 @@ def _kv_cell(name: str, d: Drift) -> str:
     planned = "?" if d.planned_tokens is None else f"{d.planned_tokens:,}"
     reported = "?" if d.reported_tokens is None else f"{d.reported_tokens:,}"
     off = "" if d.relative is None else f" ({d.relative:+.0%})"
-    text = f"{name}: {planned} / {reported}{off}"
+    text = f"{name}: {planned} planned, {reported} reported{off}"
     return f"[yellow]{escape(text)}[/]" if d.warning else escape(text)
 
 
