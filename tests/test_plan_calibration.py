@@ -10,7 +10,9 @@ and consumer and datacenter GPUs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,13 @@ QWEN15_7B = ModelArch.from_config(
         "use_sliding_window": False,
     },
     name="Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
+)
+
+CONFIGS = Path(__file__).parent / "plan_data" / "configs"
+# Qwen3-Coder-30B-A3B-Instruct-FP8: every expert resident, block-scaled FP8 (SOURCES.md).
+QWEN3_CODER_30B_FP8 = ModelArch.from_config(
+    json.loads((CONFIGS / "Qwen3-Coder-30B-A3B-Instruct-FP8.json").read_text()),
+    name="Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
 )
 
 
@@ -228,6 +237,20 @@ CASES = [
         p2p=False,
         in_sample=False,
     ),
+    # vllm#41695: the thread names no version (2026-05-05: 0.20-0.21) and posts no KV lines,
+    # only the command and "No available memory for the cache blocks": a verdict check.
+    Case(
+        "vllm#41695 (V1 0.21, RTX 5090, Qwen3-Coder-30B-A3B FP8, util 0.95: no memory for KV)",
+        "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
+        31.36,
+        0.95,
+        16384,
+        (0, 21),
+        fits=False,
+        quantization="fp8",
+        arch=QWEN3_CODER_30B_FP8,
+        in_sample=False,
+    ),
 ]
 
 
@@ -400,7 +423,8 @@ def test_tensor_parallel_buffers_left_the_kv_budget_in_0_11() -> None:
 
     from fleetgate.fleetfile import lookup_gpu
 
-    case = replace(CASES[-1].plan_input(), vllm_version=(0, 10, 2))
+    tp2 = next(c for c in CASES if c.source.startswith("vllm#13061"))
+    case = replace(tp2.plan_input(), vllm_version=(0, 10, 2))
     geforce = plan_deployment(replace(case, gpu_p2p=False))
     nvlink = plan_deployment(replace(case, gpu_p2p=True))
     assert geforce.non_torch_gib == pytest.approx(0.25, abs=0.01)

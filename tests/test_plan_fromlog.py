@@ -204,6 +204,28 @@ def test_a_logged_free_memory_refusal_is_planned_as_one() -> None:
     assert startup["max_utilization"] == 0.79
 
 
+def test_a_posted_serve_command_is_read_as_the_deployment() -> None:
+    # vllm#41695 posts the `vllm serve` command (continued over lines) and the error, no
+    # "non-default args" line: the command's flags are the deployment.
+    log = read_startup_log(read("vllm-41695-rtx5090-qwen3-coder-30b-fp8-no-cache.log"))
+    assert log.model == "Qwen3-Coder-30B-A3B-Instruct-FP8"
+    assert log.args["max_model_len"] == 16384 and log.utilization == 0.95
+    assert log.args["language_model_only"] is True and log.args["tool_call_parser"] == "hermes"
+    assert log.no_cache_memory and log.started is False
+    out = from_log(
+        str(LOGS / "vllm-41695-rtx5090-qwen3-coder-30b-fp8-no-cache.log"),
+        "--config",
+        str(LOGS.parent / "configs" / "Qwen3-Coder-30B-A3B-Instruct-FP8.json"),
+        "--gpu",
+        "RTX 5090",
+        "--vllm-version",
+        "0.21.0",
+    )
+    s = term(out, "starts")
+    assert s["logged"] == 0.0 and s["planned"] == 0.0
+    assert term(out, "KV cache tokens")["planned"] == 0  # no memory left, as vLLM said
+
+
 def test_drift_between_plan_and_report() -> None:
     from fleetgate.models import load_model_info
     from fleetgate.plan import PlanInput, plan_deployment

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,39 @@ def _config_pairs(text: str) -> dict[str, Any]:
     return out
 
 
+# ``vllm serve`` flags that are switches (no value follows them)
+_SWITCHES = (
+    "enforce_eager",
+    "enable_prefix_caching",
+    "enable_chunked_prefill",
+    "trust_remote_code",
+)
+
+
+def _command_args(line: str) -> dict[str, Any]:
+    """The arguments of a ``vllm serve MODEL --flag value ...`` command posted beside a log
+    (issue threads often give the command instead of the "non-default args" line)."""
+    try:
+        words = shlex.split(line.split("vllm serve", 1)[1])
+    except ValueError:
+        return {}
+    out: dict[str, Any] = {}
+    if words and not words[0].startswith("-"):
+        out["model"] = words.pop(0)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("--"):
+            continue
+        key, _, value = word[2:].replace("-", "_").partition("=")
+        if not value and key not in _SWITCHES and words and not words[0].startswith("--"):
+            value = words.pop(0)
+        try:
+            out[key] = ast.literal_eval(value) if value else True
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def _read_line(log: StartupLog, line: str) -> bool:
     """Take what one line says into ``log``; False when it says nothing known."""
     found = False
@@ -117,6 +151,13 @@ def _read_line(log: StartupLog, line: str) -> bool:
             found = True
             log.args.update(args)
             log.model = args.get("model") or args.get("model_tag") or log.model
+    if re.search(r"(?:^|[\s$>])vllm serve \S", line) and "non-default args" not in line:
+        args = _command_args(line)
+        if args:
+            found = True
+            for key, value in args.items():  # the logged args line, where there is one, wins
+                log.args.setdefault(key, value)
+            log.model = log.model or args.get("model")
     if m := re.search(rf"(?:Model loading took|Loading model weights took) {_NUM} G", line):
         found, log.weights_gib = True, _f(m.group(1))
     if m := re.search(rf"total_gpu_memory \({_NUM}GiB\) x gpu_memory_utilization \({_NUM}\)", line):
@@ -178,7 +219,8 @@ def _read_line(log: StartupLog, line: str) -> bool:
 def read_startup_log(text: str) -> StartupLog:
     """The facts of a vLLM start-up log. Raises NotAStartupLog when it has none."""
     log = StartupLog()
-    for line in text.splitlines():
+    # a posted shell command continues over lines ending in a backslash
+    for line in re.sub(r"\\\r?\n", " ", text).splitlines():
         log.lines += _read_line(log, line)
     if log.lines == 0:
         raise NotAStartupLog(
