@@ -65,6 +65,9 @@ class Case:
     p2p: bool = True
     arch: ModelArch | None = None
     in_sample: bool = True
+    # a hold-out the planner misses by more than 15%, and what is known of why: kept (and
+    # counted in the average), its KV check expected to fail until a mechanism is confirmed
+    known_miss: str | None = None
 
     def plan_input(self) -> PlanInput:
         arch = self.arch or catalog_arch(self.model)
@@ -251,13 +254,48 @@ CASES = [
         arch=QWEN3_CODER_30B_FP8,
         in_sample=False,
     ),
+    # The first case of the V2 model runner against a real log (dense Qwen2 in 0.28). The
+    # planner gives 15.48 GiB where vLLM had 13.42. Not explained by a term read from 0.28's
+    # source: from 0.27 vLLM charges the device-wide free-memory drop since its first snapshot
+    # (utils/mem_utils.py total_consumed: allocator slack and every persistent buffer), and the
+    # run started on a fresh pod (cold torch.compile, whose scratch lands in the profile peak);
+    # neither is sized by anything the log shows. GPU total: see SOURCES.md.
+    Case(
+        "vllm-serving-internals week 3 (V1 0.28, V2 runner, RTX PRO 4000 24 GB, "
+        "Qwen2.5-7B AWQ: 251,344 tokens)",
+        "Qwen/Qwen2.5-7B-Instruct-AWQ",
+        23.41,
+        0.90,
+        8192,
+        (0, 28),
+        fits=True,
+        kv_tokens=251344,
+        available_kv_gib=13.42,
+        quantization="awq",
+        in_sample=False,
+        known_miss="+15.3% KV tokens (2.06 GiB more available than vLLM had); unconfirmed",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.source)
-def test_calibration(case: Case) -> None:
+def test_verdict(case: Case) -> None:
     plan = plan_deployment(case.plan_input())
     assert plan.fits is case.fits, plan.reasons
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.known_miss))
+        if c.known_miss
+        else c
+        for c in CASES
+    ],
+    ids=lambda c: c.source,
+)
+def test_calibration(case: Case) -> None:
+    plan = plan_deployment(case.plan_input())
     if case.kv_tokens is not None:
         assert plan.kv_cache_tokens == pytest.approx(case.kv_tokens, rel=0.15)
     if case.available_kv_gib is not None:

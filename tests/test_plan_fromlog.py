@@ -226,6 +226,24 @@ def test_a_posted_serve_command_is_read_as_the_deployment() -> None:
     assert term(out, "KV cache tokens")["planned"] == 0  # no memory left, as vLLM said
 
 
+def test_a_v2_runner_log_planned_beside_it() -> None:
+    # vllm-serving-internals (SOURCES.md): vLLM 0.28.0 serves a dense Qwen2 with the V2 model
+    # runner; "GPU KV cache size" and "Maximum concurrency" share one line in this version.
+    name = "vllm-serving-internals-rtxpro4000-qwen25-7b-awq-0.28.log"
+    log = read_startup_log(read(name))
+    assert (log.version, log.kv_cache_tokens, log.concurrency) == ("0.28.0", 251344, 30.68)
+    assert log.args["quantization"] == "awq" and log.utilization == 0.9
+    out = from_log(str(LOGS / name), "--gpu-memory", "23.41")
+    assert (
+        out["plan"]["model_runner"] == "V2" and out["plan"]["cudagraph_term"] == "zero (V2 runner)"
+    )
+    tokens = term(out, "KV cache tokens")
+    assert tokens["logged"] == 251344
+    # the calibration's known miss (test_plan_calibration), shown as it is
+    assert tokens["relative"] == pytest.approx(0.153, abs=0.005)
+    assert term(out, "starts")["planned"] == term(out, "starts")["logged"] == 1.0
+
+
 def test_drift_between_plan_and_report() -> None:
     from fleetgate.models import load_model_info
     from fleetgate.plan import PlanInput, plan_deployment
