@@ -43,6 +43,10 @@ QWEN3_CODER_30B_FP8 = ModelArch.from_config(
     json.loads((CONFIGS / "Qwen3-Coder-30B-A3B-Instruct-FP8.json").read_text()),
     name="Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
 )
+# Qwen3-0.6B: outside the catalog; tied embeddings (SOURCES.md).
+QWEN3_06B = ModelArch.from_config(
+    json.loads((CONFIGS / "Qwen3-0.6B.json").read_text()), name="Qwen/Qwen3-0.6B"
+)
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,21 @@ CASES = [
         quantization="awq",
         in_sample=False,
         known_miss="+15.3% KV tokens (2.06 GiB more available than vLLM had); unconfirmed",
+    ),
+    # V2 runner with its measured graphs (0.29+), on a consumer card, a model outside the
+    # catalog. The planner leaves 0.75 GiB more than vLLM did (same sign as the 0.28 case).
+    Case(
+        "awesome-pro/vllm-learning (V1 0.30, V2 runner, RTX 4090, Qwen3-0.6B: 176,192 tokens)",
+        "Qwen/Qwen3-0.6B",
+        23.55,
+        0.90,
+        8192,
+        (0, 30),
+        fits=True,
+        kv_tokens=176192,
+        available_kv_gib=18.82,
+        arch=QWEN3_06B,
+        in_sample=False,
     ),
 ]
 

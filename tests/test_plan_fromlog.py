@@ -244,6 +244,24 @@ def test_a_v2_runner_log_planned_beside_it() -> None:
     assert term(out, "starts")["planned"] == term(out, "starts")["logged"] == 1.0
 
 
+def test_a_model_outside_the_catalog_on_v0_30() -> None:
+    # awesome-pro/vllm-learning (SOURCES.md): the README's two quoted lines under the command
+    # its serve.sh runs; Qwen3-0.6B is not in the catalog, its config.json is stored beside.
+    out = from_log(
+        str(LOGS / "vllm-learning-rtx4090-qwen3-0.6b-0.30.log"),
+        "--config",
+        str(LOGS.parent / "configs" / "Qwen3-0.6B.json"),
+        "--gpu",
+        "RTX 4090",
+        "--vllm-version",
+        "0.30.0",
+    )
+    assert out["plan"]["model_runner"] == "V2" and out["plan"]["max_model_len"] == 8192
+    tokens = term(out, "KV cache tokens")
+    assert tokens["logged"] == 176192
+    assert tokens["planned"] == pytest.approx(176192, rel=0.05)
+
+
 def test_drift_between_plan_and_report() -> None:
     from fleetgate.models import load_model_info
     from fleetgate.plan import PlanInput, plan_deployment
