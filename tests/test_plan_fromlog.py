@@ -204,6 +204,18 @@ def test_a_logged_free_memory_refusal_is_planned_as_one() -> None:
     assert startup["max_utilization"] == 0.79
 
 
+def test_the_informational_free_memory_line_is_not_a_refusal() -> None:
+    # club-3090#1087: from 0.2x a start that goes on logs "Free memory on device (F/T GiB) on
+    # startup. Desired ... Actual usage is ..."; only "... on startup is less than desired"
+    # is the refusal. The line's terms are read; what was free tells what else held the GPU.
+    log = read_startup_log(read("club-3090-1087-2x5090-startup-info-line.log"))
+    assert (log.free_gib, log.total_gib, log.utilization) == (30.27, 31.4, 0.92)
+    assert not log.free_refusal and log.started is None
+    assert (log.activation_gib, log.cudagraph_actual_gib) == (1.59, 0.09)
+    refusal = read_startup_log(read("nosana-pipeline-templates-170-free-memory.log"))
+    assert refusal.free_refusal and refusal.started is False
+
+
 def test_a_posted_serve_command_is_read_as_the_deployment() -> None:
     # vllm#41695 posts the `vllm serve` command (continued over lines) and the error, no
     # "non-default args" line: the command's flags are the deployment.

@@ -59,6 +59,9 @@ class StartupLog:
     max_model_len_fit: int | None = None  # "the estimated maximum model length is N"
     no_cache_memory: bool = False  # "No available memory for the cache blocks"
     free_gib: float | None = None  # "Free memory on device (F/T GiB) on startup ..."
+    # the start-up check refused ("... on startup is less than desired ..."); from 0.2x the
+    # same words open an informational line of a start that went on
+    free_refusal: bool = False
     block_size: int | None = None  # "Setting attention block size to N tokens"
     device: str = "gpu"  # "cpu" for the CPU backend (its KV space is set, not profiled)
     lines: int = 0  # start-up lines recognised
@@ -66,7 +69,7 @@ class StartupLog:
     @property
     def started(self) -> bool | None:
         """Whether vLLM got past sizing its KV cache: False on a logged refusal."""
-        if self.no_cache_memory or self.max_model_len_fit is not None or self.free_gib is not None:
+        if self.no_cache_memory or self.max_model_len_fit is not None or self.free_refusal:
             return False
         if self.kv_cache_tokens is not None:
             return self.kv_cache_tokens > 0
@@ -209,7 +212,22 @@ def _read_line(log: StartupLog, line: str) -> bool:
         found, log.no_cache_memory = True, True
     if m := re.search(rf"Free memory on device[^(]*\({_NUM}/{_NUM} GiB\) on startup", line):
         found, log.free_gib, log.total_gib = True, _f(m.group(1)), _f(m.group(2))
-    if m := re.search(rf"desired GPU memory utilization \({_NUM}", line):
+        log.free_refusal = "on startup is less than" in line
+    # the informational form (a start that went on): what the profile charged, term by term;
+    # 0.27+ gives weights and non-torch as one "consumed memory" figure
+    if "Actual usage is" in line:
+        for pattern, attr in (
+            (rf"Actual usage is {_NUM} GiB for weight,", "weights_gib"),
+            (rf"{_NUM} GiB for peak activation", "activation_gib"),
+            (rf"{_NUM} GiB for non-torch memory", "non_torch_gib"),
+            (rf"{_NUM} GiB for CUDAGraph memory", "cudagraph_actual_gib"),
+        ):
+            if attr == "weights_gib" and log.weights_gib is not None:
+                continue  # "Model loading took" says it to more digits
+            if v := re.search(pattern, line):
+                found = True
+                setattr(log, attr, _f(v.group(1)))
+    if m := re.search(rf"desired GPU memory utilization (?:is )?\({_NUM}", line, re.I):
         found, log.utilization = True, _f(m.group(1))
     if m := re.search(r"Setting attention block size to (\d+) tokens", line):
         found, log.block_size = True, int(m.group(1))
