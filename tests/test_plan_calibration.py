@@ -44,6 +44,10 @@ QWEN3_CODER_30B_FP8 = ModelArch.from_config(
     name="Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
 )
 # Qwen3-0.6B: outside the catalog; tied embeddings (SOURCES.md).
+DEEPSEEK_V2_LITE = ModelArch.from_config(
+    json.loads((CONFIGS / "DeepSeek-V2-Lite.json").read_text()),
+    name="TechxGenus/DeepSeek-V2-Lite-Chat-AWQ",
+)
 QWEN3_06B = ModelArch.from_config(
     json.loads((CONFIGS / "Qwen3-0.6B.json").read_text()), name="Qwen/Qwen3-0.6B"
 )
@@ -72,6 +76,8 @@ class Case:
     # a hold-out the planner misses by more than 15%, and what is known of why: kept (and
     # counted in the average), its KV check expected to fail until a mechanism is confirmed
     known_miss: str | None = None
+    # likewise for a verdict the planner gets wrong
+    verdict_miss: str | None = None
 
     def plan_input(self) -> PlanInput:
         arch = self.arch or catalog_arch(self.model)
@@ -294,10 +300,73 @@ CASES = [
         arch=QWEN3_06B,
         in_sample=False,
     ),
+    # akiyax/kvcache-lab (SOURCES.md): an RTX 4080 under WSL2, vLLM 0.26, the V2 runner with
+    # graphs left out of the budget (as the log's 8.0 GiB = 14.39 - 5.29 - 1.04 - 0.06 shows).
+    # The planner's V2 profile peak is 0.37 GiB where vLLM measured 1.04: see
+    # test_v2_profile_peak_of_a_real_0_26_log.
+    Case(
+        "akiyax/kvcache-lab phase 1 (V1 0.26, V2 runner, RTX 4080 WSL2, Qwen2.5-7B AWQ, "
+        "32768 ctx: 149,712 tokens)",
+        "Qwen/Qwen2.5-7B-Instruct-AWQ",
+        15.99,
+        0.90,
+        32768,
+        (0, 26),
+        fits=True,
+        kv_tokens=149712,
+        weights_gib=5.29,
+        quantization="awq",
+        in_sample=False,
+    ),
+    Case(
+        "akiyax/kvcache-lab MLA (V1 0.26, V2 runner, RTX 4080 WSL2, DeepSeek-V2-Lite AWQ, "
+        "util 0.85: 175,120 tokens, then died capturing CUDA graphs)",
+        "TechxGenus/DeepSeek-V2-Lite-Chat-AWQ",
+        15.99,
+        0.85,
+        32768,
+        (0, 26),
+        fits=False,
+        kv_tokens=175120,
+        available_kv_gib=5.07,
+        quantization="awq",
+        arch=DEEPSEEK_V2_LITE,
+        in_sample=False,
+        verdict_miss="KV sized as planned (+2.2%); the start then died in CUDA-graph capture "
+        "('CUDA error: unknown error' under WSL2) with 0.29 GiB free beyond the budget: the "
+        "planner does not check the capture's headroom",
+    ),
+    Case(
+        "akiyax/kvcache-lab MLA (V1 0.26, V2 runner, RTX 4080 WSL2, DeepSeek-V2-Lite AWQ, "
+        "util 0.80: 119,328 tokens)",
+        "TechxGenus/DeepSeek-V2-Lite-Chat-AWQ",
+        15.99,
+        0.80,
+        32768,
+        (0, 26),
+        fits=True,
+        kv_tokens=119328,
+        available_kv_gib=3.46,
+        quantization="awq",
+        arch=DEEPSEEK_V2_LITE,
+        in_sample=False,
+        known_miss="+26.8%: the same start as the util 0.85 one, 0.80 GiB less budget but "
+        "1.61 GiB less KV memory; 0.81 GiB more charged outside the KV cache, by nothing the "
+        "settings change",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.source)
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.verdict_miss))
+        if c.verdict_miss
+        else c
+        for c in CASES
+    ],
+    ids=lambda c: c.source,
+)
 def test_verdict(case: Case) -> None:
     plan = plan_deployment(case.plan_input())
     assert plan.fits is case.fits, plan.reasons
@@ -323,6 +392,18 @@ def test_calibration(case: Case) -> None:
         assert plan.weights_gib == pytest.approx(case.weights_gib, rel=0.02)
     if case.activation_gib is not None:
         assert plan.activation_gib == pytest.approx(case.activation_gib, rel=0.10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the V2 runner's profile peak is not modelled from 0.26's "
+    "source: vLLM measured 1.04 GiB, the planner gives 0.37 (and 0.70 for the V1 runner)",
+)
+def test_v2_profile_peak_of_a_real_0_26_log() -> None:
+    # akiyax/kvcache-lab phase 1: "Actual usage is 5.29 GiB for weight, 1.04 GiB for peak
+    # activation, 0.06 GiB for non-torch memory" (the record's reading of the line)
+    case = next(c for c in CASES if c.source.startswith("akiyax/kvcache-lab phase 1"))
+    assert plan_deployment(case.plan_input()).activation_gib == pytest.approx(1.04, rel=0.10)
 
 
 def test_kv_tokens_within_5_percent_on_average() -> None:
