@@ -10,7 +10,9 @@ and consumer and datacenter GPUs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,21 @@ QWEN15_7B = ModelArch.from_config(
     name="Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
 )
 
+CONFIGS = Path(__file__).parent / "plan_data" / "configs"
+# Qwen3-Coder-30B-A3B-Instruct-FP8: every expert resident, block-scaled FP8 (SOURCES.md).
+QWEN3_CODER_30B_FP8 = ModelArch.from_config(
+    json.loads((CONFIGS / "Qwen3-Coder-30B-A3B-Instruct-FP8.json").read_text()),
+    name="Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
+)
+# Qwen3-0.6B: outside the catalog; tied embeddings (SOURCES.md).
+DEEPSEEK_V2_LITE = ModelArch.from_config(
+    json.loads((CONFIGS / "DeepSeek-V2-Lite.json").read_text()),
+    name="TechxGenus/DeepSeek-V2-Lite-Chat-AWQ",
+)
+QWEN3_06B = ModelArch.from_config(
+    json.loads((CONFIGS / "Qwen3-0.6B.json").read_text()), name="Qwen/Qwen3-0.6B"
+)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -56,6 +73,11 @@ class Case:
     p2p: bool = True
     arch: ModelArch | None = None
     in_sample: bool = True
+    # a hold-out the planner misses by more than 15%, and what is known of why: kept (and
+    # counted in the average), its KV check expected to fail until a mechanism is confirmed
+    known_miss: str | None = None
+    # likewise for a verdict the planner gets wrong
+    verdict_miss: str | None = None
 
     def plan_input(self) -> PlanInput:
         arch = self.arch or catalog_arch(self.model)
@@ -228,13 +250,140 @@ CASES = [
         p2p=False,
         in_sample=False,
     ),
+    # vllm#41695: the thread names no version (2026-05-05: 0.20-0.21) and posts no KV lines,
+    # only the command and "No available memory for the cache blocks": a verdict check.
+    Case(
+        "vllm#41695 (V1 0.21, RTX 5090, Qwen3-Coder-30B-A3B FP8, util 0.95: no memory for KV)",
+        "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
+        31.36,
+        0.95,
+        16384,
+        (0, 21),
+        fits=False,
+        quantization="fp8",
+        arch=QWEN3_CODER_30B_FP8,
+        in_sample=False,
+    ),
+    # The first case of the V2 model runner against a real log (dense Qwen2 in 0.28). The
+    # planner gives 15.48 GiB where vLLM had 13.42. Not explained by a term read from 0.28's
+    # source: from 0.27 vLLM charges the device-wide free-memory drop since its first snapshot
+    # (utils/mem_utils.py total_consumed: allocator slack and every persistent buffer), and the
+    # run started on a fresh pod (cold torch.compile, whose scratch lands in the profile peak);
+    # neither is sized by anything the log shows. GPU total: see SOURCES.md.
+    Case(
+        "vllm-serving-internals week 3 (V1 0.28, V2 runner, RTX PRO 4000 24 GB, "
+        "Qwen2.5-7B AWQ: 251,344 tokens)",
+        "Qwen/Qwen2.5-7B-Instruct-AWQ",
+        23.41,
+        0.90,
+        8192,
+        (0, 28),
+        fits=True,
+        kv_tokens=251344,
+        available_kv_gib=13.42,
+        quantization="awq",
+        in_sample=False,
+        known_miss="+15.3% KV tokens (2.06 GiB more available than vLLM had); unconfirmed",
+    ),
+    # V2 runner with its measured graphs (0.29+), on a consumer card, a model outside the
+    # catalog. The planner leaves 0.75 GiB more than vLLM did (same sign as the 0.28 case).
+    Case(
+        "awesome-pro/vllm-learning (V1 0.30, V2 runner, RTX 4090, Qwen3-0.6B: 176,192 tokens)",
+        "Qwen/Qwen3-0.6B",
+        23.55,
+        0.90,
+        8192,
+        (0, 30),
+        fits=True,
+        kv_tokens=176192,
+        available_kv_gib=18.82,
+        arch=QWEN3_06B,
+        in_sample=False,
+    ),
+    # akiyax/kvcache-lab (SOURCES.md): an RTX 4080 under WSL2, vLLM 0.26, the V2 runner with
+    # graphs left out of the budget (as the log's 8.0 GiB = 14.39 - 5.29 - 1.04 - 0.06 shows).
+    # The planner's V2 profile peak is 0.37 GiB where vLLM measured 1.04: see
+    # test_v2_profile_peak_of_a_real_0_26_log.
+    Case(
+        "akiyax/kvcache-lab phase 1 (V1 0.26, V2 runner, RTX 4080 WSL2, Qwen2.5-7B AWQ, "
+        "32768 ctx: 149,712 tokens)",
+        "Qwen/Qwen2.5-7B-Instruct-AWQ",
+        15.99,
+        0.90,
+        32768,
+        (0, 26),
+        fits=True,
+        kv_tokens=149712,
+        weights_gib=5.29,
+        quantization="awq",
+        in_sample=False,
+    ),
+    Case(
+        "akiyax/kvcache-lab MLA (V1 0.26, V2 runner, RTX 4080 WSL2, DeepSeek-V2-Lite AWQ, "
+        "util 0.85: 175,120 tokens, then died capturing CUDA graphs)",
+        "TechxGenus/DeepSeek-V2-Lite-Chat-AWQ",
+        15.99,
+        0.85,
+        32768,
+        (0, 26),
+        fits=False,
+        kv_tokens=175120,
+        available_kv_gib=5.07,
+        quantization="awq",
+        arch=DEEPSEEK_V2_LITE,
+        in_sample=False,
+        verdict_miss="KV sized as planned (+2.2%); the start then died in CUDA-graph capture "
+        "('CUDA error: unknown error' under WSL2) with 0.29 GiB free beyond the budget: the "
+        "planner does not check the capture's headroom",
+    ),
+    Case(
+        "akiyax/kvcache-lab MLA (V1 0.26, V2 runner, RTX 4080 WSL2, DeepSeek-V2-Lite AWQ, "
+        "util 0.80: 119,328 tokens)",
+        "TechxGenus/DeepSeek-V2-Lite-Chat-AWQ",
+        15.99,
+        0.80,
+        32768,
+        (0, 26),
+        fits=True,
+        kv_tokens=119328,
+        available_kv_gib=3.46,
+        quantization="awq",
+        arch=DEEPSEEK_V2_LITE,
+        in_sample=False,
+        known_miss="+26.8%: the same start as the util 0.85 one, 0.80 GiB less budget but "
+        "1.61 GiB less KV memory; 0.81 GiB more charged outside the KV cache, by nothing the "
+        "settings change",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.source)
-def test_calibration(case: Case) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.verdict_miss))
+        if c.verdict_miss
+        else c
+        for c in CASES
+    ],
+    ids=lambda c: c.source,
+)
+def test_verdict(case: Case) -> None:
     plan = plan_deployment(case.plan_input())
     assert plan.fits is case.fits, plan.reasons
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.known_miss))
+        if c.known_miss
+        else c
+        for c in CASES
+    ],
+    ids=lambda c: c.source,
+)
+def test_calibration(case: Case) -> None:
+    plan = plan_deployment(case.plan_input())
     if case.kv_tokens is not None:
         assert plan.kv_cache_tokens == pytest.approx(case.kv_tokens, rel=0.15)
     if case.available_kv_gib is not None:
@@ -243,6 +392,18 @@ def test_calibration(case: Case) -> None:
         assert plan.weights_gib == pytest.approx(case.weights_gib, rel=0.02)
     if case.activation_gib is not None:
         assert plan.activation_gib == pytest.approx(case.activation_gib, rel=0.10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the V2 runner's profile peak is not modelled from 0.26's "
+    "source: vLLM measured 1.04 GiB, the planner gives 0.37 (and 0.70 for the V1 runner)",
+)
+def test_v2_profile_peak_of_a_real_0_26_log() -> None:
+    # akiyax/kvcache-lab phase 1: "Actual usage is 5.29 GiB for weight, 1.04 GiB for peak
+    # activation, 0.06 GiB for non-torch memory" (the record's reading of the line)
+    case = next(c for c in CASES if c.source.startswith("akiyax/kvcache-lab phase 1"))
+    assert plan_deployment(case.plan_input()).activation_gib == pytest.approx(1.04, rel=0.10)
 
 
 def test_kv_tokens_within_5_percent_on_average() -> None:
@@ -400,7 +561,8 @@ def test_tensor_parallel_buffers_left_the_kv_budget_in_0_11() -> None:
 
     from fleetgate.fleetfile import lookup_gpu
 
-    case = replace(CASES[-1].plan_input(), vllm_version=(0, 10, 2))
+    tp2 = next(c for c in CASES if c.source.startswith("vllm#13061"))
+    case = replace(tp2.plan_input(), vllm_version=(0, 10, 2))
     geforce = plan_deployment(replace(case, gpu_p2p=False))
     nvlink = plan_deployment(replace(case, gpu_p2p=True))
     assert geforce.non_torch_gib == pytest.approx(0.25, abs=0.01)

@@ -204,6 +204,76 @@ def test_a_logged_free_memory_refusal_is_planned_as_one() -> None:
     assert startup["max_utilization"] == 0.79
 
 
+def test_the_informational_free_memory_line_is_not_a_refusal() -> None:
+    # club-3090#1087: from 0.2x a start that goes on logs "Free memory on device (F/T GiB) on
+    # startup. Desired ... Actual usage is ..."; only "... on startup is less than desired"
+    # is the refusal. The line's terms are read; what was free tells what else held the GPU.
+    log = read_startup_log(read("club-3090-1087-2x5090-startup-info-line.log"))
+    assert (log.free_gib, log.total_gib, log.utilization) == (30.27, 31.4, 0.92)
+    assert not log.free_refusal and log.started is None
+    assert (log.activation_gib, log.cudagraph_actual_gib) == (1.59, 0.09)
+    refusal = read_startup_log(read("nosana-pipeline-templates-170-free-memory.log"))
+    assert refusal.free_refusal and refusal.started is False
+
+
+def test_a_posted_serve_command_is_read_as_the_deployment() -> None:
+    # vllm#41695 posts the `vllm serve` command (continued over lines) and the error, no
+    # "non-default args" line: the command's flags are the deployment.
+    log = read_startup_log(read("vllm-41695-rtx5090-qwen3-coder-30b-fp8-no-cache.log"))
+    assert log.model == "Qwen3-Coder-30B-A3B-Instruct-FP8"
+    assert log.args["max_model_len"] == 16384 and log.utilization == 0.95
+    assert log.args["language_model_only"] is True and log.args["tool_call_parser"] == "hermes"
+    assert log.no_cache_memory and log.started is False
+    out = from_log(
+        str(LOGS / "vllm-41695-rtx5090-qwen3-coder-30b-fp8-no-cache.log"),
+        "--config",
+        str(LOGS.parent / "configs" / "Qwen3-Coder-30B-A3B-Instruct-FP8.json"),
+        "--gpu",
+        "RTX 5090",
+        "--vllm-version",
+        "0.21.0",
+    )
+    s = term(out, "starts")
+    assert s["logged"] == 0.0 and s["planned"] == 0.0
+    assert term(out, "KV cache tokens")["planned"] == 0  # no memory left, as vLLM said
+
+
+def test_a_v2_runner_log_planned_beside_it() -> None:
+    # vllm-serving-internals (SOURCES.md): vLLM 0.28.0 serves a dense Qwen2 with the V2 model
+    # runner; "GPU KV cache size" and "Maximum concurrency" share one line in this version.
+    name = "vllm-serving-internals-rtxpro4000-qwen25-7b-awq-0.28.log"
+    log = read_startup_log(read(name))
+    assert (log.version, log.kv_cache_tokens, log.concurrency) == ("0.28.0", 251344, 30.68)
+    assert log.args["quantization"] == "awq" and log.utilization == 0.9
+    out = from_log(str(LOGS / name), "--gpu-memory", "23.41")
+    assert (
+        out["plan"]["model_runner"] == "V2" and out["plan"]["cudagraph_term"] == "zero (V2 runner)"
+    )
+    tokens = term(out, "KV cache tokens")
+    assert tokens["logged"] == 251344
+    # the calibration's known miss (test_plan_calibration), shown as it is
+    assert tokens["relative"] == pytest.approx(0.153, abs=0.005)
+    assert term(out, "starts")["planned"] == term(out, "starts")["logged"] == 1.0
+
+
+def test_a_model_outside_the_catalog_on_v0_30() -> None:
+    # awesome-pro/vllm-learning (SOURCES.md): the README's two quoted lines under the command
+    # its serve.sh runs; Qwen3-0.6B is not in the catalog, its config.json is stored beside.
+    out = from_log(
+        str(LOGS / "vllm-learning-rtx4090-qwen3-0.6b-0.30.log"),
+        "--config",
+        str(LOGS.parent / "configs" / "Qwen3-0.6B.json"),
+        "--gpu",
+        "RTX 4090",
+        "--vllm-version",
+        "0.30.0",
+    )
+    assert out["plan"]["model_runner"] == "V2" and out["plan"]["max_model_len"] == 8192
+    tokens = term(out, "KV cache tokens")
+    assert tokens["logged"] == 176192
+    assert tokens["planned"] == pytest.approx(176192, rel=0.05)
+
+
 def test_drift_between_plan_and_report() -> None:
     from fleetgate.models import load_model_info
     from fleetgate.plan import PlanInput, plan_deployment

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ class StartupLog:
     max_model_len_fit: int | None = None  # "the estimated maximum model length is N"
     no_cache_memory: bool = False  # "No available memory for the cache blocks"
     free_gib: float | None = None  # "Free memory on device (F/T GiB) on startup ..."
+    # the start-up check refused ("... on startup is less than desired ..."); from 0.2x the
+    # same words open an informational line of a start that went on
+    free_refusal: bool = False
     block_size: int | None = None  # "Setting attention block size to N tokens"
     device: str = "gpu"  # "cpu" for the CPU backend (its KV space is set, not profiled)
     lines: int = 0  # start-up lines recognised
@@ -66,7 +70,7 @@ class StartupLog:
     @property
     def started(self) -> bool | None:
         """Whether vLLM got past sizing its KV cache: False on a logged refusal."""
-        if self.no_cache_memory or self.max_model_len_fit is not None or self.free_gib is not None:
+        if self.no_cache_memory or self.max_model_len_fit is not None or self.free_refusal:
             return False
         if self.kv_cache_tokens is not None:
             return self.kv_cache_tokens > 0
@@ -86,6 +90,39 @@ def _config_pairs(text: str) -> dict[str, Any]:
     for key, value in re.findall(r"(\w+)=('[^']*'|[^,\s]+)", text):
         try:
             out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+# ``vllm serve`` flags that are switches (no value follows them)
+_SWITCHES = (
+    "enforce_eager",
+    "enable_prefix_caching",
+    "enable_chunked_prefill",
+    "trust_remote_code",
+)
+
+
+def _command_args(line: str) -> dict[str, Any]:
+    """The arguments of a ``vllm serve MODEL --flag value ...`` command posted beside a log
+    (issue threads often give the command instead of the "non-default args" line)."""
+    try:
+        words = shlex.split(line.split("vllm serve", 1)[1])
+    except ValueError:
+        return {}
+    out: dict[str, Any] = {}
+    if words and not words[0].startswith("-"):
+        out["model"] = words.pop(0)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("--"):
+            continue
+        key, _, value = word[2:].replace("-", "_").partition("=")
+        if not value and key not in _SWITCHES and words and not words[0].startswith("--"):
+            value = words.pop(0)
+        try:
+            out[key] = ast.literal_eval(value) if value else True
         except (ValueError, SyntaxError):
             out[key] = value
     return out
@@ -118,6 +155,13 @@ def _read_line(log: StartupLog, line: str) -> bool:
             found = True
             log.args.update(args)
             log.model = args.get("model") or args.get("model_tag") or log.model
+    if re.search(r"(?:^|[\s$>])vllm serve \S", line) and "non-default args" not in line:
+        args = _command_args(line)
+        if args:
+            found = True
+            for key, value in args.items():  # the logged args line, where there is one, wins
+                log.args.setdefault(key, value)
+            log.model = log.model or args.get("model")
     if m := re.search(rf"(?:Model loading took|Loading model weights took) {_NUM} G", line):
         found, log.weights_gib = True, _f(m.group(1))
     if m := re.search(rf"total_gpu_memory \({_NUM}GiB\) x gpu_memory_utilization \({_NUM}\)", line):
@@ -166,7 +210,22 @@ def _read_line(log: StartupLog, line: str) -> bool:
         found, log.no_cache_memory = True, True
     if m := re.search(rf"Free memory on device[^(]*\({_NUM}/{_NUM} GiB\) on startup", line):
         found, log.free_gib, log.total_gib = True, _f(m.group(1)), _f(m.group(2))
-    if m := re.search(rf"desired GPU memory utilization \({_NUM}", line):
+        log.free_refusal = "on startup is less than" in line
+    # the informational form (a start that went on): what the profile charged, term by term;
+    # 0.27+ gives weights and non-torch as one "consumed memory" figure
+    if "Actual usage is" in line:
+        for pattern, attr in (
+            (rf"Actual usage is {_NUM} GiB for weight,", "weights_gib"),
+            (rf"{_NUM} GiB for peak activation", "activation_gib"),
+            (rf"{_NUM} GiB for non-torch memory", "non_torch_gib"),
+            (rf"{_NUM} GiB for CUDAGraph memory", "cudagraph_actual_gib"),
+        ):
+            if attr == "weights_gib" and log.weights_gib is not None:
+                continue  # "Model loading took" says it to more digits
+            if v := re.search(pattern, line):
+                found = True
+                setattr(log, attr, _f(v.group(1)))
+    if m := re.search(rf"desired GPU memory utilization (?:is )?\({_NUM}", line, re.I):
         found, log.utilization = True, _f(m.group(1))
     if m := re.search(r"Setting attention block size to (\d+) tokens", line):
         found, log.block_size = True, int(m.group(1))
@@ -176,7 +235,8 @@ def _read_line(log: StartupLog, line: str) -> bool:
 def read_startup_log(text: str) -> StartupLog:
     """The facts of a vLLM start-up log. Raises NotAStartupLog when it has none."""
     log = StartupLog()
-    for line in text.splitlines():
+    # a posted shell command continues over lines ending in a backslash
+    for line in re.sub(r"\\\r?\n", " ", text).splitlines():
         log.lines += _read_line(log, line)
     if log.lines == 0:
         raise NotAStartupLog(
