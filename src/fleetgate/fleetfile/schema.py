@@ -200,6 +200,9 @@ class Gateway(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    max_response_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=32 * 1024 * 1024, description="a longer non-streamed backend answer gets 502"
+    )
     health: HealthCheck = HealthCheck()
     redis_url: str | None = Field(default=None, description="share RPM/TPM between replicas")
     defaults: Limits = DEFAULT_LIMITS

@@ -82,6 +82,7 @@ class GatewayConfig:
     max_body_bytes: int
     retries: int
     request_timeout_s: float
+    max_response_bytes: int
     health: HealthConfig
     redis_url: str | None
     admin_key_hash: str | None
@@ -135,6 +136,7 @@ class GatewayConfig:
             max_body_bytes=gw.max_body_bytes,
             retries=gw.retries,
             request_timeout_s=gw.request_timeout_s,
+            max_response_bytes=gw.max_response_bytes,
             health=HealthConfig(
                 gw.health.interval_s, gw.health.timeout_s, gw.health.unhealthy_after
             ),

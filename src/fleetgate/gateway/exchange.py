@@ -53,6 +53,7 @@ class Exchange:
         "_req",
         "_request",
         "_served",
+        "_tail",
         "pool",
         "record",
     )
@@ -77,6 +78,7 @@ class Exchange:
         self._out: web.StreamResponse | None = None  # the client's stream, once prepared
         self._served: str | None = None  # the served name the cached payload was built for
         self._payload = b""
+        self._tail = b"\n"  # the last line written into the stream
 
     async def run(self) -> web.StreamResponse:
         """Reserve RPM/TPM, hold a slot, talk to the backend, settle on what was really used."""
@@ -119,7 +121,7 @@ class Exchange:
                 raise error from None
             # The stream already started: too late for a 504, so say it in the stream and end it.
             rec.reason = error.reason
-            await _stream_error(self._out, error)
+            await _stream_error(self._out, error, self._tail)
             return self._out
         finally:
             gw.admission.release(self.pool, perf_counter() - got_slot)
@@ -149,16 +151,17 @@ class Exchange:
         resp = await self._open()
         if resp.status != 200:
             rec.status, rec.reason = resp.status, "upstream_refused"
-            return await _refuse_upstream(resp)
+            return await _refuse_upstream(resp, self._gw.config.max_response_bytes)
         try:
-            body = await resp.read()  # on cancellation (client gone) it drops the connection
+            # on cancellation (client gone) it drops the connection
+            body = await resp.read(self._gw.config.max_response_bytes)
         except ProtocolError as exc:
             raise bad_gateway(f"the backend dropped the answer: {exc}") from None
         self._gw.metrics.upstream_latency.labels(self.pool.name).observe(perf_counter() - sent)
         admitted.used = admitted.reserved
         try:
             usage = _usage_total(json.loads(body).get("usage"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             usage = None
         if usage is not None:
             rec.tokens_in, rec.tokens_out = usage
@@ -175,7 +178,7 @@ class Exchange:
         resp = await self._open()
         if resp.status != 200:
             rec.status, rec.reason = resp.status, "upstream_refused"
-            return await _refuse_upstream(resp)
+            return await _refuse_upstream(resp, self._gw.config.max_response_bytes)
         out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **_waited(rec)})
         admitted.used = admitted.reserved
         finished = False
@@ -197,7 +200,7 @@ class Exchange:
                 if line.startswith(b"data: {") and b'"usage"' in line:
                     try:
                         chunk = json.loads(line[6:])
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         chunk = None
                     if isinstance(chunk, dict):
                         usage = _usage_total(chunk.get("usage"))
@@ -208,11 +211,13 @@ class Exchange:
                                 skip_blank = True
                                 continue
                 await out.write(line)
+                self._tail = line
             finished = True
             await out.write_eof()
         except ProtocolError as exc:
             rec.reason = "upstream_error"
-            await _stream_error(out, bad_gateway(f"the backend dropped the stream: {exc}"))
+            error = bad_gateway(f"the backend dropped the stream: {exc}")
+            await _stream_error(out, error, self._tail)
         finally:
             if finished:
                 resp.release()
@@ -245,18 +250,31 @@ def _upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str)
     return _ENCODER.encode(body).encode()
 
 
+# More tokens than any one answer can hold: a usage over it is a broken backend, not a count.
+_MAX_USAGE = 1 << 32
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value < _MAX_USAGE
+
+
 def _usage_total(usage: object) -> tuple[int, int] | None:
+    """The prompt and completion tokens of a backend's usage, if they are plausible counts
+    (a negative or 400-digit number must not reach the accounting)."""
     if not isinstance(usage, dict):
         return None
     p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(p, int) and isinstance(c, int):
+    if _count(p) and _count(c):
         return p, c
     return None
 
 
-async def _refuse_upstream(resp: Response) -> web.Response:
+async def _refuse_upstream(resp: Response, limit: int) -> web.Response:
     """A non-200 from the backend: its 4xx as it is, anything else as 502."""
-    body = await resp.read()
+    try:
+        body = await resp.read(limit)
+    except ProtocolError as exc:
+        raise bad_gateway(f"the backend answered {resp.status} and then: {exc}") from None
     if 400 <= resp.status < 500:
         return web.Response(
             status=resp.status,
@@ -280,9 +298,17 @@ async def _lines(resp: Response) -> AsyncIterator[bytes]:
         yield pending
 
 
-async def _stream_error(out: web.StreamResponse, error: GatewayError) -> None:
+async def _stream_error(out: web.StreamResponse, error: GatewayError, tail: bytes) -> None:
+    """The error as an event of its own: the event the backend left half-written (``tail``,
+    the last line passed on, is not a blank line) is ended first, so it is not appended to."""
+    if not tail.endswith(b"\n"):
+        end = b"\n\n"
+    elif tail.strip():
+        end = b"\n"
+    else:
+        end = b""
     try:
-        await out.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+        await out.write(end + b"data: " + json.dumps(error.body()).encode() + b"\n\n")
         await out.write_eof()
     except ConnectionError:
         pass

@@ -36,6 +36,24 @@ class ProtocolError(UpstreamError):
     """The response was cut short or could not be parsed."""
 
 
+class ResponseTooLarge(ProtocolError):
+    """A buffered body grew past the limit the reader set."""
+
+
+def _decimal(text: str, what: str) -> int:
+    """A non-negative decimal number as HTTP writes it (no sign, no spaces, no underscores)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ValueError(f"bad {what} {text[:40]!r}")
+    return int(text)
+
+
+def _chunk_size(line: bytes) -> int:
+    text = line.split(b";", 1)[0].strip()
+    if not text or len(text) > 15 or text.strip(b"0123456789abcdefABCDEF"):
+        raise ValueError(f"bad chunk size {text[:40]!r}")
+    return int(text, 16)
+
+
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
 
 
@@ -127,7 +145,7 @@ class _Connection(asyncio.Protocol):
                 end = buf.find(b"\r\n")
                 if end < 0:
                     return
-                size = int(bytes(buf[:end]).split(b";", 1)[0].strip(), 16)
+                size = _chunk_size(bytes(buf[:end]))
                 del buf[: end + 2]
                 if size == 0:
                     self._state = _TRAILER
@@ -161,13 +179,15 @@ class _Connection(asyncio.Protocol):
     def _head(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+        if len(parts) < 2 or parts[0] not in ("HTTP/1.0", "HTTP/1.1") or len(parts[1]) != 3:
             raise ValueError(f"bad status line {lines[0][:100]!r}")
-        status = int(parts[1])
+        status = _decimal(parts[1], "status")
+        if status < 100 or status == 101:
+            raise ValueError(f"unexpected status {status} (no protocol switch was asked for)")
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
-            if not sep:
+            if not sep or not name or name != name.strip():
                 raise ValueError(f"bad header line {line[:100]!r}")
             headers[name.strip().lower()] = value.strip()
         if 100 <= status < 200:
@@ -181,7 +201,7 @@ class _Connection(asyncio.Protocol):
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._state = _CHUNK_SIZE
         elif "content-length" in headers:
-            self._remaining = int(headers["content-length"])
+            self._remaining = _decimal(headers["content-length"], "Content-Length")
             self._state = _LENGTH if self._remaining else _DONE
         else:
             self._state = _UNTIL_EOF
@@ -254,11 +274,17 @@ class Response:
         self.status = conn.status
         self.headers = conn.headers
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; over ``limit`` bytes it raises :class:`ResponseTooLarge` (and drops
+        the connection) instead of buffering without end."""
         parts = []
+        size = 0
         try:
             while (piece := await self._conn.next_piece()) is not None:
                 parts.append(piece)
+                size += len(piece)
+                if limit is not None and size > limit:
+                    raise ResponseTooLarge(f"the answer is over {limit} bytes")
         except BaseException:
             self.close()
             raise

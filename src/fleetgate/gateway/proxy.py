@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
@@ -29,6 +30,8 @@ from fleetgate.gateway.exchange import JSON_TYPE, Exchange
 from fleetgate.gateway.parse import parse_request, parse_tokenize
 from fleetgate.gateway.state import GatewayState
 from fleetgate.gateway.tokens import check_tokens
+
+log = logging.getLogger("fleetgate.gateway")
 
 
 async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.StreamResponse:
@@ -124,15 +127,21 @@ def _resolve(gw: GatewayState, key: KeyConfig | None, name: str, rec: AccessReco
 
 
 def _finish(gw: GatewayState, rec: AccessRecord, started: float) -> None:
-    gw.metrics.requests.labels(
-        rec.lane or "", rec.endpoint, str(rec.status), rec.reason or ""
-    ).inc()
-    counted = rec.endpoint != "tokenize"  # a count asked for is not a token served
-    served_in = served_out = 0
-    if counted and rec.tokens_in is not None and rec.lane is not None and rec.status == 200:
-        served_in, served_out = rec.tokens_in, rec.tokens_out or 0
-        gw.metrics.tokens.labels(rec.lane, "in").inc(served_in)
-        if served_out:
-            gw.metrics.tokens.labels(rec.lane, "out").inc(served_out)
-    gw.monitor.keys.record(rec.key, rec.status, served_in, served_out)
-    gw.access_log.write(rec.line(round(perf_counter() - started, 6)))
+    """Metrics, then the access line, which is written even if accounting failed: the
+    request itself is already answered and must neither fail nor go unlogged for it."""
+    try:
+        gw.metrics.requests.labels(
+            rec.lane or "", rec.endpoint, str(rec.status), rec.reason or ""
+        ).inc()
+        counted = rec.endpoint != "tokenize"  # a count asked for is not a token served
+        served_in = served_out = 0
+        if counted and rec.tokens_in is not None and rec.lane is not None and rec.status == 200:
+            served_in, served_out = rec.tokens_in, rec.tokens_out or 0
+            gw.metrics.tokens.labels(rec.lane, "in").inc(served_in)
+            if served_out:
+                gw.metrics.tokens.labels(rec.lane, "out").inc(served_out)
+        gw.monitor.keys.record(rec.key, rec.status, served_in, served_out)
+    except Exception:
+        log.exception("metrics update failed for a %s request", rec.endpoint)
+    finally:
+        gw.access_log.write(rec.line(round(perf_counter() - started, 6)))

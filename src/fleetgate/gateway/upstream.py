@@ -18,7 +18,14 @@ from typing import Any, Protocol
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
 from fleetgate.gateway.errors import GatewayError, bad_gateway
-from fleetgate.gateway.http import ConnectFailed, Disconnected, HttpClient, Response, UpstreamError
+from fleetgate.gateway.http import (
+    ConnectFailed,
+    Disconnected,
+    HttpClient,
+    ProtocolError,
+    Response,
+    UpstreamError,
+)
 
 log = logging.getLogger("fleetgate.gateway")
 
@@ -36,7 +43,7 @@ def error_message(body: bytes) -> str:
     """The message of an OpenAI/vLLM error body (either shape), or the start of the text."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:200].decode("utf-8", "replace")
     if isinstance(data, dict):
         err = data.get("error", data)
@@ -73,6 +80,7 @@ class Upstream:
         self.admission = admission
         self.deployments: dict[str, DeploymentConfig] = {}
         self.retries = 0
+        self.max_response_bytes: int | None = None
         self._failures: dict[str, int] = {}
         self._unhealthy_after = 1
         self._on_health = on_health
@@ -89,6 +97,7 @@ class Upstream:
     def configure(self, config: GatewayConfig) -> None:
         self.deployments = dict(config.deployments)
         self.retries = config.retries
+        self.max_response_bytes = config.max_response_bytes
         self._unhealthy_after = config.health.unhealthy_after
         self._probe_interval = config.health.interval_s
         self._probe_timeout = config.health.timeout_s
@@ -176,10 +185,16 @@ class Upstream:
             except _CONNECTION_ERRORS as exc:
                 self.record(dep.name, False)
                 last = f"deployment {dep.name!r}: {exc.__class__.__name__}: {exc}"
+            except ProtocolError as exc:
+                # an answer that is not HTTP: the request may be running, so no retry
+                raise bad_gateway(f"deployment {dep.name!r} sent a broken answer: {exc}") from None
             else:
                 if resp.status not in RETRYABLE_STATUS:
                     return resp, attempt + 1
-                body = await resp.read()
+                try:
+                    body = await resp.read(self.max_response_bytes)
+                except ProtocolError as exc:
+                    body = str(exc).encode()
                 last = f"deployment {dep.name!r} answered {resp.status}: {error_message(body)}"
             if attempt >= self.retries:
                 raise bad_gateway(f"upstream failed after {attempt + 1} attempt(s); {last}")
@@ -211,18 +226,21 @@ class Upstream:
             body = json.dumps({**payload, "model": dep.served_model}).encode()
             try:
                 resp = await self.client.request("POST", dep.url, "/tokenize", body)
-                raw = await resp.read()
+                raw = await resp.read(self.max_response_bytes)
             except _CONNECTION_ERRORS as exc:
                 self.record(name, False)
                 last = f"deployment {name!r}: {exc.__class__.__name__}"
                 continue
+            except ProtocolError as exc:  # counting is safe to ask again elsewhere
+                last = f"deployment {name!r} sent a broken answer: {exc}"
+                continue
             if resp.status == 200:
                 try:
                     answer = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     answer = None
                 count = answer.get("count") if isinstance(answer, dict) else None
-                if isinstance(count, int) and not isinstance(count, bool):
+                if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
                     return Tokenized(name, count, answer)
                 last = f"deployment {name!r} sent a /tokenize answer without a count"
             elif 400 <= resp.status < 500 and resp.status != 404:

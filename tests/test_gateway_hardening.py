@@ -1,0 +1,181 @@
+"""The gateway against hostile peers: broken backends on loopback that write malformed bytes,
+and clients that send what a careless or hostile client sends (issue: hardening)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.support.gateway import make_fleet, sim_fleet
+
+from fleetgate.gateway import RunningGateway, serve
+
+ROUTE = "r"
+_HEALTH = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+Answer = Callable[[bytes, bytes], bytes]  # (request line, body) -> raw response bytes
+
+
+@asynccontextmanager
+async def hostile_backend(answer: bytes | Answer, *, hold: bool = False) -> AsyncIterator[int]:
+    """A backend that answers /health properly and every POST with ``answer``'s raw bytes;
+    ``hold`` keeps the connection open afterwards instead of closing it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                first = head.split(b"\r\n", 1)[0]
+                if first.startswith(b"GET /health"):
+                    writer.write(_HEALTH)
+                    continue
+                writer.write(answer(first, body) if callable(answer) else answer)
+                await writer.drain()
+                if hold:
+                    held.append(writer)
+                    return
+                writer.close()
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+
+
+def fleet_doc(port: int, **gateway: Any) -> dict[str, Any]:
+    gateway.setdefault("request_timeout_s", 30)
+    return sim_fleet({"d1": (port, None, 4)}, {ROUTE: {"deployments": ["d1"]}}, **gateway)
+
+
+@asynccontextmanager
+async def gateway_for(
+    port: int, **gateway: Any
+) -> AsyncIterator[tuple[RunningGateway, io.StringIO]]:
+    log = io.StringIO()
+    async with serve(make_fleet(fleet_doc(port, **gateway)), access_stream=log) as gw:
+        yield gw, log
+
+
+def chat(**kw: Any) -> dict[str, Any]:
+    return {"model": ROUTE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **kw}
+
+
+async def post(url: str, body: Any, path: str = "/v1/chat/completions") -> tuple[int, bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with aiohttp.ClientSession() as s, s.post(url + path, data=data) as resp:
+        return resp.status, await resp.read()
+
+
+def access_lines(log: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line.split(" ", 3)[3]) for line in log.getvalue().splitlines()]
+
+
+def http(head: str, body: bytes = b"") -> bytes:
+    return head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body
+
+
+OK_BODY = json.dumps(
+    {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+).encode()
+
+
+# -- a hostile or broken backend cannot make the gateway lie -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"HTTX/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", id="bad-status-line"),
+        pytest.param(b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\n{}", id="bad-status-code"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n{}", id="header-without-colon"),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", id="switching-protocols"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", id="negative-length"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n",
+            id="negative-chunk",
+        ),
+    ],
+)
+async def test_a_malformed_answer_is_a_prompt_502(raw: bytes) -> None:
+    async with hostile_backend(raw, hold=True) as port, gateway_for(port) as (gw, log):
+        status, body = await post(gw.url, chat())
+        assert status == 502, body
+        assert json.loads(body)["error"]["code"] == "upstream_error"
+    assert [line["status"] for line in access_lines(log)] == [502]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": 1},
+        {"prompt_tokens": 10**400, "completion_tokens": 1},
+    ],
+    ids=["negative", "400-digits"],
+)
+async def test_implausible_usage_never_fails_the_request(usage: dict[str, int]) -> None:
+    answer = json.dumps({"object": "chat.completion", "choices": [], "usage": usage}).encode()
+    raw = http(f"HTTP/1.1 200 OK\nContent-Length: {len(answer)}", answer)
+    async with hostile_backend(raw) as port, gateway_for(port) as (gw, log):
+        status, body = await post(gw.url, chat())
+        assert status == 200 and body == answer
+    (line,) = access_lines(log)
+    assert line["status"] == 200 and line["tokens_out"] is None
+
+
+async def test_a_deeply_nested_answer_is_passed_on_and_logged() -> None:
+    answer = b'{"usage": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    raw = http(f"HTTP/1.1 200 OK\nContent-Length: {len(answer)}", answer)
+    async with hostile_backend(raw) as port, gateway_for(port) as (gw, log):
+        status, body = await post(gw.url, chat())
+        assert status == 200 and body == answer
+    assert [line["status"] for line in access_lines(log)] == [200]
+
+
+async def test_a_non_streamed_answer_over_the_cap_is_502() -> None:
+    big = b'{"pad": "' + b"x" * 8192 + b'"}'
+    raw = http(f"HTTP/1.1 200 OK\nContent-Length: {len(big)}", big)
+    async with hostile_backend(raw) as port, gateway_for(port, max_response_bytes=4096) as (gw, _):
+        status, body = await post(gw.url, chat())
+        assert status == 502 and b"4096" in body
+    async with hostile_backend(raw) as port, gateway_for(port, max_response_bytes=9000) as (gw, _):
+        assert await post(gw.url, chat()) == (200, big)
+
+
+async def test_an_error_event_never_lands_inside_a_half_written_event() -> None:
+    # the backend dies after a data: line, before the blank line that ends its event
+    event = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n'
+    chunk = b"%x\r\n%s\r\n" % (len(event), event)
+    head = "HTTP/1.1 200 OK\nContent-Type: text/event-stream\nTransfer-Encoding: chunked"
+    raw = http(head, chunk)
+    async with hostile_backend(raw) as port, gateway_for(port) as (gw, _):
+        status, body = await post(gw.url, chat(stream=True))
+    assert status == 200
+    events = [e for e in body.split(b"\n\n") if e.strip()]
+    assert events[0] == event.rstrip(b"\n")
+    error = json.loads(events[1].removeprefix(b"data: "))
+    assert error["error"]["code"] == "upstream_error"
