@@ -242,7 +242,9 @@ async def test_tpm_reserves_then_settles_on_real_usage(limiter) -> None:
 async def test_a_request_bigger_than_a_minute_of_tokens_is_refused(limiter) -> None:
     with pytest.raises(GatewayError) as exc:
         await limiter.reserve(Quota("r", rpm=None, tpm=100), 101)
-    assert exc.value.status == 429 and "lower max_tokens" in exc.value.message
+    # waiting would never help: a 400, not a 429 that SDKs retry forever
+    assert exc.value.status == 400 and "lower max_tokens or n" in exc.value.message
+    assert exc.value.retry_after is None
 
 
 async def test_redis_replicas_share_one_allowance() -> None:

@@ -8,6 +8,8 @@ gets a 400 and never trips the gateway.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,18 +35,58 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: forwarded, it would be the non-JSON Infinity
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 # One decoder for every body: json.loads with a keyword argument builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_CHECK_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+# Deeper than this is refused: the body is encoded again (upstream) further down the stack than
+# it was decoded, and a depth the decoder just managed would exhaust the stack there.
+MAX_DEPTH = 128
+# A lone UTF-16 surrogate can only come from a \uD800-\uDFFF escape or from raw surrogate
+# bytes (read with surrogatepass); bodies without either need no check.
+_MAY_HAVE_SURROGATES = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]")
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def load_json(raw: bytes) -> Any:
-    """JSON or a 400: no NaN/Infinity, no nesting deep enough to exhaust the stack."""
+    """JSON or a 400: no NaN/Infinity or numbers out of a double's range, no nesting past
+    :data:`MAX_DEPTH`, no lone surrogate (a string cut inside an emoji) that cannot be
+    written out again as UTF-8."""
     try:
         # bytes read as json.loads reads them: UTF-8, -16 or -32, told by the first bytes
-        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        encoding = json.detect_encoding(raw)
+        value = _DECODER.decode(raw.decode(encoding, "surrogatepass"))
     except (ValueError, RecursionError) as exc:
         msg = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise bad_request(f"the request body is not valid JSON: {msg[:200]}") from None
+    brackets = raw.count(b"[") + raw.count(b"{")  # a cheap bound on the depth
+    if brackets > MAX_DEPTH and isinstance(value, (dict, list)) and _too_deep(value):
+        raise bad_request(f"the request body is nested more than {MAX_DEPTH} levels deep")
+    if encoding != "utf-8" or _MAY_HAVE_SURROGATES.search(raw):
+        try:
+            _CHECK_ENCODER.encode(value).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise bad_request(
+                f"the request body has a lone UTF-16 surrogate ({exc.object[exc.start]!a}) in "
+                "a string, which is not valid Unicode: was a string cut inside an emoji?"
+            ) from None
+    return value
 
 
 @dataclass

@@ -56,12 +56,17 @@ def _refusal(quota: Quota, which: int, wait_s: float, tokens: int) -> GatewayErr
 
 
 def _check_size(quota: Quota, tokens: int) -> None:
+    """A request that could never fit, however long it waited, is the client's to change: a
+    400, not a 429 that SDKs retry forever."""
     if quota.tpm is not None and tokens > quota.tpm:
-        raise rate_limited(
-            f"this request reserves {tokens} tokens (prompt + max_tokens), more than "
-            f"{quota.lane!r} allows in a whole minute (tpm {quota.tpm}); lower max_tokens",
-            reason="tpm",
-            retry_after=60,
+        raise GatewayError(
+            400,
+            f"this request reserves {tokens} tokens (prompts x (prompt + n x max_tokens)), "
+            f"more than {quota.lane!r} allows in a whole minute (tpm {quota.tpm}); lower "
+            "max_tokens or n, or send fewer prompts at once",
+            reason="over_tpm",
+            code="request_over_tpm",
+            param="max_tokens",
         )
 
 
