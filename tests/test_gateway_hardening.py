@@ -4,8 +4,11 @@ and clients that send what a careless or hostile client sends (issue: hardening)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import io
 import json
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +16,7 @@ from unittest.mock import ANY
 
 import aiohttp
 import pytest
-from tests.support.gateway import make_fleet, sim_fleet
+from tests.support.gateway import eventually, make_fleet, sim_fleet
 
 from fleetgate.gateway import RunningGateway, serve
 from fleetgate.sim import SimConfig, SimServer
@@ -187,11 +190,14 @@ async def test_an_error_event_never_lands_inside_a_half_written_event() -> None:
 
 
 @asynccontextmanager
-async def sim_gateway(**route: Any) -> AsyncIterator[tuple[RunningGateway, io.StringIO]]:
+async def sim_gateway(
+    route: dict[str, Any] | None = None, **gateway: Any
+) -> AsyncIterator[tuple[RunningGateway, io.StringIO]]:
     sim = SimConfig(model="tiny", max_model_len=512, max_num_seqs=4, reply_tokens=4)
     log = io.StringIO()
     async with SimServer(sim) as backend:
-        doc = sim_fleet({"d1": (backend.port, 512, 4)}, {ROUTE: {"deployments": ["d1"], **route}})
+        routes = {ROUTE: {"deployments": ["d1"], **(route or {})}}
+        doc = sim_fleet({"d1": (backend.port, 512, 4)}, routes, **gateway)
         async with serve(make_fleet(doc), access_stream=log) as gw:
             yield gw, log
 
@@ -233,7 +239,7 @@ LONE = b'"\\ud83d"'  # half of an emoji, as a JavaScript client that cut a strin
     ],
 )
 async def test_a_client_fault_is_a_400(raw: bytes, path: str, fragment: bytes) -> None:
-    async with sim_gateway(tpm=5000) as (gw, log):
+    async with sim_gateway({"tpm": 5000}) as (gw, log):
         status, body = await post(gw.url, raw, path)
         assert status == 400, body
         assert fragment in body
@@ -250,3 +256,126 @@ async def test_nesting_around_the_decoder_limit_is_a_400() -> None:
             assert status == 400 and b"nested" in body, (depth, body[:200])
         assert await post(gw.url, raw + b"[" * 100 + b"]" * 100 + b"}") == (200, ANY)
     assert {line["status"] for line in access_lines(log)} == {200, 400}
+
+
+# -- bounded, whatever the peer does ------------------------------------------------------------
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes and read until the gateway closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        async with asyncio.timeout(30):  # a guard against a hang, not a timing assertion
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+HEAD = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+async def test_a_client_dribbling_its_headers_is_cut_off() -> None:
+    async with sim_gateway(header_timeout_s=0.3) as (gw, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(HEAD.encode())
+        try:
+            async with asyncio.timeout(30):
+                while not reader.at_eof():
+                    writer.write(b"X-Slow: 1\r\n")  # never the blank line that ends the head
+                    await asyncio.sleep(0.05)
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_connections_past_the_cap_get_503_and_the_rest_are_served() -> None:
+    async with sim_gateway(max_connections=3) as (gw, _):
+        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(3)]
+        live = b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = await raw_exchange(gw.port, live)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"max_connections" in answer
+        assert b"fleetgate_connections_refused_total 1.0" in gw.gateway.metrics.render()
+        for _, writer in held:
+            writer.close()
+        # once the held ones are gone (the gateway sees them close soon after), a client is served
+        for _ in range(200):
+            answer = await raw_exchange(gw.port, live)
+            if not answer.startswith(b"HTTP/1.1 503 "):
+                break
+            await asyncio.sleep(0.02)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
+    async with sim_gateway(body_timeout_s=0.3) as (gw, log):
+        answer = await raw_exchange(gw.port, f"{HEAD}Content-Length: 100\r\n\r\n{{".encode())
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"body_timeout_s" in answer
+    assert [line["status"] for line in access_lines(log)] == [408]
+
+
+@pytest.mark.parametrize(
+    "encoding, body",
+    [
+        pytest.param("deflate", zlib.compress(json.dumps(chat()).encode())[:-4], id="truncated"),
+        pytest.param("deflate", b'{"model": "r"}', id="not-deflate"),
+        pytest.param("gzip", b"\x1f\x8b" + b"junk" * 10, id="bad-gzip"),
+        pytest.param("br", b"{}", id="unsupported"),
+    ],
+)
+async def test_a_body_that_does_not_decompress_is_answered_at_once(encoding, body) -> None:
+    # the head first, the body a moment later: aiohttp's own decompressor then never failed
+    # the read of a body that did not decompress, and the request got no answer at all
+    head = f"{HEAD}Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n"
+    async with sim_gateway() as (gw, log):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(head.encode())
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body)
+        try:
+            async with asyncio.timeout(30):
+                answer = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+    assert answer.split(b" ", 2)[1] in (b"400", b"415"), answer
+    assert [line["status"] for line in access_lines(log)] in ([400], [415])
+
+
+async def test_compressed_bodies_are_read_and_capped_after_decompression() -> None:
+    payload = json.dumps(chat()).encode()
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    bodies = {
+        "gzip": gzip.compress(payload),
+        "deflate": zlib.compress(payload),
+        "raw-deflate": raw_deflate.compress(payload) + raw_deflate.flush(),
+    }
+    async with sim_gateway(max_body_bytes=2048) as (gw, _), aiohttp.ClientSession() as s:
+        for name, body in bodies.items():
+            encoding = "deflate" if name == "raw-deflate" else name
+            headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+            async with s.post(gw.url + "/v1/chat/completions", data=body, headers=headers) as r:
+                assert r.status == 200, (name, await r.text())
+        bomb = gzip.compress(b" " * 1_000_000)  # a kilobyte that inflates to a megabyte
+        headers = {"Content-Encoding": "gzip"}
+        async with s.post(gw.url + "/v1/chat/completions", data=bomb, headers=headers) as r:
+            assert r.status == 413
+
+
+async def test_bodies_held_at_once_are_capped() -> None:
+    async with sim_gateway(max_buffered_bytes=4000, max_body_bytes=4096) as (gw, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(f"{HEAD}Content-Length: 3000\r\n\r\n".encode() + b" " * 2500)
+        await eventually(lambda: gw.gateway.bodies.held == 2500)
+        status, body = await post(gw.url, chat(padding=" " * 1500))
+        assert status == 503 and b"max_buffered_bytes" in body
+        writer.write(b" " * 500)  # the first body ends (not JSON: 400) and gives its bytes back
+        try:
+            async with asyncio.timeout(30):
+                assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 400 ")
+        finally:
+            writer.close()
+        await eventually(lambda: gw.gateway.bodies.held == 0)
+        assert (await post(gw.url, chat(padding=" " * 1500)))[0] == 200

@@ -198,6 +198,19 @@ class Gateway(_Strict):
     api_keys: list[ApiKey] = []
     admin_key: str | None = Field(default=None, repr=False)
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_buffered_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=256 * 1024 * 1024,
+        description="request bodies held at once, all requests together; past it 503",
+    )
+    header_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="a connection without a complete request head is closed"
+    )
+    body_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0, description="a request body not received within this gets 408"
+    )
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        default=1024, description="open client connections at once; past it 503 and closed"
+    )
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     max_response_bytes: Annotated[int, Field(ge=1024)] = Field(

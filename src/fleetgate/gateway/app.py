@@ -20,6 +20,7 @@ from fleetgate.gateway import ui
 from fleetgate.gateway.auth import authenticate, authenticate_admin
 from fleetgate.gateway.config import GatewayConfig, ModelConfig
 from fleetgate.gateway.errors import GatewayError
+from fleetgate.gateway.listener import CappedSite, ServerLog
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import completions, tokenize
 from fleetgate.gateway.state import FleetLoader, GatewayState, ReloadError
@@ -226,10 +227,25 @@ async def serve(
     a backend slot, and closes the upstream request, the moment a client goes away.
     """
     app = create_app(fleet, loader=loader, access_stream=access_stream, gpu_memory=gpu_memory)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    gw = app[GATEWAY]
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        logger=ServerLog(lambda kind: gw.metrics.malformed.labels(kind).inc()),
+        # the keep-alive timer also closes a connection that has not sent a whole request head
+        keepalive_timeout=gw.config.header_timeout_s,
+        auto_decompress=False,  # read_body decompresses, and fails a bad body itself
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = CappedSite(
+            runner,
+            host,
+            port,
+            max_connections=lambda: gw.config.max_connections,
+            on_refused=gw.metrics.connections_refused.inc,
+        )
         await site.start()
         bound = runner.addresses[0][1]
         yield RunningGateway(http_url(reachable(host), bound), bound, app)

@@ -80,6 +80,10 @@ class GatewayConfig:
     listen: str
     port: int
     max_body_bytes: int
+    max_buffered_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
     retries: int
     request_timeout_s: float
     max_response_bytes: int
@@ -134,6 +138,10 @@ class GatewayConfig:
             listen=gw.listen,
             port=gw.port,
             max_body_bytes=gw.max_body_bytes,
+            max_buffered_bytes=gw.max_buffered_bytes,
+            header_timeout_s=gw.header_timeout_s,
+            body_timeout_s=gw.body_timeout_s,
+            max_connections=gw.max_connections,
             retries=gw.retries,
             request_timeout_s=gw.request_timeout_s,
             max_response_bytes=gw.max_response_bytes,

@@ -108,8 +108,27 @@ class GatewayMetrics:
             ["deployment"],
             registry=r,
         )
+        self.malformed = Counter(
+            "fleetgate_malformed_requests",
+            "Requests refused before routing because they are not valid HTTP, by error kind",
+            ["kind"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "fleetgate_connections_refused",
+            "Connections answered 503 and closed because max_connections were open",
+            registry=r,
+        )
         r.register(_AdmissionCollector(admission))
-        for name in ("requests", "queue_wait", "upstream_latency", "ttft", "tokens", "retries"):
+        for name in (
+            "requests",
+            "queue_wait",
+            "upstream_latency",
+            "ttft",
+            "tokens",
+            "retries",
+            "malformed",
+        ):
             setattr(self, name, _Children(getattr(self, name)))
 
     def render(self) -> bytes:

@@ -19,13 +19,12 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from fleetgate.gateway.accesslog import AccessRecord
 from fleetgate.gateway.auth import authenticate
+from fleetgate.gateway.body import read_body
 from fleetgate.gateway.config import KeyConfig, ModelConfig
-from fleetgate.gateway.errors import GatewayError, bad_request, forbidden, not_found, too_large
+from fleetgate.gateway.errors import GatewayError, forbidden, not_found
 from fleetgate.gateway.exchange import JSON_TYPE, Exchange
 from fleetgate.gateway.parse import parse_request, parse_tokenize
 from fleetgate.gateway.state import GatewayState
@@ -41,7 +40,7 @@ async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.
         config = gw.config
         key = authenticate(config, request)
         rec.key = key.name if key else None
-        raw = await read_body(request, config.max_body_bytes)
+        raw = await read_body(request, config.max_body_bytes, gw.bodies, config.body_timeout_s)
         req = parse_request(kind, raw)
         rec.stream = req.stream
         model = _resolve(gw, key, req.model, rec)
@@ -50,7 +49,7 @@ async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.
         return await Exchange(gw, request, rec, model, req, admitted).run()
 
     # the endpoint label, as /metrics says it
-    return await _recorded(gw, "chat" if kind == "chat" else "completions", handle)
+    return await _recorded(gw, request, "chat" if kind == "chat" else "completions", handle)
 
 
 async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse:
@@ -61,40 +60,24 @@ async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse
         config = gw.config
         key = authenticate(config, request)
         rec.key = key.name if key else None
-        raw = await read_body(request, config.max_body_bytes)
+        raw = await read_body(request, config.max_body_bytes, gw.bodies, config.body_timeout_s)
         name, payload = parse_tokenize(raw)
         model = _resolve(gw, key, name, rec)
         answer = await gw.upstream.tokenize(model.deployments, payload)
         rec.deployment, rec.tokens_in, rec.status = answer.deployment, answer.count, 200
         return web.Response(body=json.dumps(answer.body).encode(), content_type=JSON_TYPE)
 
-    return await _recorded(gw, "tokenize", handle)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 from its Content-Length or as soon as it grows past the limit
-    (chunked and compressed bodies are counted as they arrive, after decompression)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise too_large(declared, limit)
-    body = bytearray()
-    content = request.content
-    try:
-        while chunk := await content.readany():
-            body += chunk
-            if len(body) > limit:
-                raise too_large(len(body), limit)
-    except (RequestPayloadError, HttpProcessingError) as exc:
-        # a broken chunked framing or a body that does not decompress: the client's fault
-        raise bad_request(f"could not read the request body: {exc.__class__.__name__}") from None
-    return bytes(body)
+    return await _recorded(gw, request, "tokenize", handle)
 
 
 async def _recorded(
-    gw: GatewayState, endpoint: str, handle: Callable[[AccessRecord], Awaitable[web.StreamResponse]]
+    gw: GatewayState,
+    request: web.Request,
+    endpoint: str,
+    handle: Callable[[AccessRecord], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """Run one request's handling so that every outcome (an answer, a refusal, a client gone)
-    ends in one metrics update and one access-log line."""
+    ends in one metrics update, one access-log line, and its body's bytes given back."""
     started = perf_counter()
     rec = AccessRecord(endpoint)
     try:
@@ -106,6 +89,7 @@ async def _recorded(
         rec.status, rec.reason = 499, "client_disconnected"
         raise
     finally:
+        gw.bodies.release(request)
         _finish(gw, rec, started)
 
 

@@ -15,6 +15,7 @@ from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet
 from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
+from fleetgate.gateway.body import BodyBudget
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import RateLimiter, make_rate_limiter
@@ -49,6 +50,7 @@ class GatewayState:
         self.monitor = Monitor(self.metrics)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
         self.limiter: RateLimiter = make_rate_limiter(config.redis_url)
+        self.bodies = BodyBudget(config.max_buffered_bytes)
         self._reload_lock = asyncio.Lock()
         self._apply(config)
 
@@ -57,6 +59,7 @@ class GatewayState:
             {n: d.concurrency for n, d in config.deployments.items()}, config.health.interval_s
         )
         self.upstream.configure(config)
+        self.bodies.cap = config.max_buffered_bytes
         self.config = config
 
     async def start(self) -> None:
@@ -86,8 +89,14 @@ class GatewayState:
                 log.error("reload refused, the old configuration keeps serving: %s", exc)
                 raise ReloadError(str(exc)) from None
             old = self.config
-            if (config.listen, config.port) != (old.listen, old.port):
-                log.warning("gateway listen address changed: takes effect on restart")
+            if (config.listen, config.port, config.header_timeout_s) != (
+                old.listen,
+                old.port,
+                old.header_timeout_s,
+            ):
+                log.warning(
+                    "gateway listen address or header timeout changed: takes effect on restart"
+                )
             if config.redis_url != old.redis_url:
                 old_limiter, self.limiter = self.limiter, make_rate_limiter(config.redis_url)
                 await old_limiter.close()
