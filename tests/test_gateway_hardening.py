@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import io
 import json
+import logging
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -379,3 +380,78 @@ async def test_bodies_held_at_once_are_capped() -> None:
             writer.close()
         await eventually(lambda: gw.gateway.bodies.held == 0)
         assert (await post(gw.url, chat(padding=" " * 1500)))[0] == 200
+
+
+# -- secrets and exposure ------------------------------------------------------------------------
+
+SECRET = "sk-secret-never-logged-0001"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(f"Authorization: Bearer {SECRET}\x00x", id="nul"),
+        pytest.param(f"Authorization: Bearer {SECRET}\rx", id="bare-cr"),
+        pytest.param(f"X-A: 1\r\n Authorization: Bearer {SECRET}", id="obs-fold"),
+        pytest.param(f"Authorization: Bearer {SECRET}{'a' * 9000}", id="over-8190-bytes"),
+    ],
+)
+async def test_a_malformed_request_logs_one_short_line_without_its_headers(
+    header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with sim_gateway() as (gw, _):
+        caplog.clear()
+        caplog.set_level(logging.DEBUG)
+        request = f"GET /v1/models HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n"
+        answer = await raw_exchange(gw.port, request.encode("latin-1"))
+        assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+        metrics = gw.gateway.metrics.render().decode()
+    assert SECRET not in caplog.text
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and lines[0].getMessage().startswith("refused a malformed request")
+    assert lines[0].exc_info is None and len(lines[0].getMessage()) < 100
+    assert "fleetgate_malformed_requests_total{" in metrics
+
+
+OWNER, LIMITED, SCRAPER = "sk-owner-key-0001", "sk-limited-key-0002", "scrape-key-0003"
+
+
+async def test_a_404_lists_only_the_models_the_key_may_use() -> None:
+    keys = [
+        {"name": "owner", "key": OWNER},
+        {"name": "limited", "key": LIMITED, "routes": ["public-one"]},
+    ]
+    routes = {"public-one": {"deployments": ["d1"]}, "secret-project": {"deployments": ["d1"]}}
+    doc = sim_fleet({"d1": (1, 512, 4)}, routes, api_keys=keys)
+    async with serve(make_fleet(doc)) as gw, aiohttp.ClientSession() as s:
+        for key, listed, hidden in [
+            (LIMITED, "public-one", "secret-project"),
+            (OWNER, "secret-project", None),
+        ]:
+            body = json.dumps(chat(model="nope")).encode()
+            headers = {"Authorization": f"Bearer {key}"}
+            async with s.post(gw.url + "/v1/chat/completions", data=body, headers=headers) as r:
+                message = (await r.json())["error"]["message"]
+                assert r.status == 404 and listed in message
+                assert hidden is None or hidden not in message
+
+
+async def test_metrics_and_readiness_are_open_unless_a_metrics_key_is_set() -> None:
+    async with hostile_backend(b"") as port:
+        doc = fleet_doc(port, api_keys=[{"name": "owner", "key": OWNER}])
+        async with serve(make_fleet(doc)) as gw, aiohttp.ClientSession() as s:
+            for path in ("/metrics", "/health/ready"):
+                async with s.get(gw.url + path) as r:
+                    assert r.status in (200, 503), path  # ready may still be probing
+        doc["gateway"]["metrics_key"] = SCRAPER
+        async with serve(make_fleet(doc)) as gw, aiohttp.ClientSession() as s:
+            for path in ("/metrics", "/health/ready"):
+                for headers, expected in [
+                    ({}, {401}),
+                    ({"Authorization": f"Bearer {OWNER}"}, {401}),  # a client key is not it
+                    ({"Authorization": f"Bearer {SCRAPER}"}, {200, 503}),
+                ]:
+                    async with s.get(gw.url + path, headers=headers) as r:
+                        assert r.status in expected, (path, headers, r.status)
+            async with s.get(gw.url + "/health/live") as r:
+                assert r.status == 200  # liveness stays open: it says nothing about the fleet

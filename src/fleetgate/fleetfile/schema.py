@@ -197,6 +197,11 @@ class Gateway(_Strict):
     port: Port = 4000
     api_keys: list[ApiKey] = []
     admin_key: str | None = Field(default=None, repr=False)
+    metrics_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="if set, /metrics and /health/ready need it (Bearer); else they are open",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     max_buffered_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=256 * 1024 * 1024,

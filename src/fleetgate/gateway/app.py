@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from fleetgate.fleetfile import Fleet, http_url, reachable
 from fleetgate.gateway import ui
-from fleetgate.gateway.auth import authenticate, authenticate_admin
+from fleetgate.gateway.auth import authenticate, authenticate_admin, authenticate_scraper
 from fleetgate.gateway.config import GatewayConfig, ModelConfig
 from fleetgate.gateway.errors import GatewayError
 from fleetgate.gateway.listener import CappedSite, ServerLog
@@ -97,6 +97,10 @@ async def live(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready while at least one route has a healthy deployment; each route's state listed."""
     gw = request.app[GATEWAY]
+    try:
+        authenticate_scraper(gw.config, request)
+    except GatewayError as exc:
+        return exc.response()
     routes: dict[str, dict[str, list[str]]] = {}
     for m in gw.config.models.values():
         if m.name != m.route:
@@ -108,7 +112,12 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.render()
+    gw = request.app[GATEWAY]
+    try:
+        authenticate_scraper(gw.config, request)
+    except GatewayError as exc:
+        return exc.response()
+    body = gw.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

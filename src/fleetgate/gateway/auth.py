@@ -41,6 +41,20 @@ def authenticate_admin(config: GatewayConfig, request: web.Request) -> None:
     expected = config.admin_key_hash
     if expected is None:
         raise admin_disabled("admin endpoints are disabled: set gateway.admin_key")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(hash_key(token.strip()), expected):
+    if not _bearer_is(request, expected):
         raise unauthorized("admin key missing or wrong")
+
+
+def authenticate_scraper(config: GatewayConfig, request: web.Request) -> None:
+    """``/metrics`` and ``/health/ready``: open (for scrapers on a trusted LAN) unless
+    ``gateway.metrics_key`` is set; then 401 without it."""
+    expected = config.metrics_key_hash
+    if expected is not None and not _bearer_is(request, expected):
+        raise unauthorized("metrics key missing or wrong: send 'Authorization: Bearer <key>'")
+
+
+def _bearer_is(request: web.Request, expected_hash: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        hash_key(token.strip()), expected_hash
+    )

@@ -90,6 +90,7 @@ class GatewayConfig:
     health: HealthConfig
     redis_url: str | None
     admin_key_hash: str | None
+    metrics_key_hash: str | None
     keys: dict[str, KeyConfig] = field(default_factory=dict)  # sha256(key) -> key
     models: dict[str, ModelConfig] = field(default_factory=dict)
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
@@ -150,6 +151,7 @@ class GatewayConfig:
             ),
             redis_url=gw.redis_url,
             admin_key_hash=hash_key(gw.admin_key) if gw.admin_key else None,
+            metrics_key_hash=hash_key(gw.metrics_key) if gw.metrics_key else None,
             keys=keys,
             models=models,
             deployments=deployments,

@@ -99,9 +99,11 @@ def _resolve(gw: GatewayState, key: KeyConfig | None, name: str, rec: AccessReco
     config = gw.config
     model = config.models.get(name)
     if model is None:
+        # only the names this key may use: a limited key learns nothing of the others
+        usable = sorted(n for n, m in config.models.items() if key is None or key.allows(m))
         raise not_found(
             f"the model {name[:200]!r} does not exist on this gateway; "
-            f"available: {', '.join(sorted(config.models))}"
+            f"available: {', '.join(usable) or 'none for this API key'}"
         )
     rec.model, rec.lane = model.name, model.lane
     if key is not None and not key.allows(model):

@@ -50,8 +50,11 @@ def _refuse_literal_secrets(fleet: Fleet) -> None:
     if fleet.gateway is not None:
         gw = fleet.gateway
         found += [f"gateway.api_keys.{k.name}.key" for k in gw.api_keys if not _is_ref(k.key)]
-        if gw.admin_key and not _is_ref(gw.admin_key):
-            found.append("gateway.admin_key")
+        found += [
+            f"gateway.{name}"
+            for name, secret in (("admin_key", gw.admin_key), ("metrics_key", gw.metrics_key))
+            if secret and not _is_ref(secret)
+        ]
         if gw.redis_url and "@" in gw.redis_url and not has_env_refs(gw.redis_url):
             found.append("gateway.redis_url")
     for name, dep in fleet.deployments.items():
