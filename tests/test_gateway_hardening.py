@@ -455,3 +455,48 @@ async def test_metrics_and_readiness_are_open_unless_a_metrics_key_is_set() -> N
                         assert r.status in expected, (path, headers, r.status)
             async with s.get(gw.url + "/health/live") as r:
                 assert r.status == 200  # liveness stays open: it says nothing about the fleet
+
+
+@asynccontextmanager
+async def hung_redis() -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP server that accepts and reads, and never answers: a hung (not dead) Redis.
+    Yields its port and a one-element list counting the bytes it was sent."""
+    received = [0]
+    conns: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+        while data := await reader.read(65536):
+            received[0] += len(data)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], received
+    finally:
+        for w in conns:
+            w.close()
+        server.close()
+
+
+async def test_a_hung_redis_is_skipped_after_one_timeout_and_limits_stay_local(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fleetgate.gateway")
+    sim = SimConfig(model="tiny", max_model_len=512, max_num_seqs=4, reply_tokens=4)
+    async with hung_redis() as (redis_port, received), SimServer(sim) as backend:
+        routes = {ROUTE: {"deployments": ["d1"], "rpm": 3, "tpm": 100_000}}
+        doc = sim_fleet(
+            {"d1": (backend.port, 512, 4)}, routes, redis_url=f"redis://127.0.0.1:{redis_port}/0"
+        )
+        async with serve(make_fleet(doc)) as gw:
+            assert (await post(gw.url, chat()))[0] == 200  # one call timed out: admitted
+            sent = received[0]
+            assert sent > 0
+            statuses = [(await post(gw.url, chat()))[0] for _ in range(3)]
+            metrics = gw.gateway.metrics.render().decode()
+    # Redis was not asked again while skipped; this process's own buckets still held rpm 3
+    assert received[0] == sent
+    assert statuses == [200, 200, 429]
+    assert "fleetgate_ratelimit_store_failures_total 1.0" in metrics
+    outages = [r for r in caplog.records if "rate limiter store unavailable" in r.getMessage()]
+    assert len(outages) == 1

@@ -102,7 +102,7 @@ class Exchange:
             if outcome is not None:
                 rec.queue_wait_s = waited = perf_counter() - queued_at
                 gw.metrics.queue_wait.labels(model.lane, outcome).observe(waited)
-            await gw.limiter.settle(quota, admitted.reserved, 0)
+            gw.settle_later(quota, admitted.reserved, 0)
             raise
         got_slot = perf_counter()
         rec.queue_wait_s = waited = got_slot - queued_at
@@ -125,7 +125,7 @@ class Exchange:
             return self._out
         finally:
             gw.admission.release(self.pool, perf_counter() - got_slot)
-            await gw.limiter.settle(quota, admitted.reserved, admitted.used)
+            gw.settle_later(quota, admitted.reserved, admitted.used)
 
     def payload_for(self, served: str) -> bytes:
         """The upstream body for a deployment's served name (built again only if a retry moves

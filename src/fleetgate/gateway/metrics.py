@@ -119,6 +119,12 @@ class GatewayMetrics:
             "Connections answered 503 and closed because max_connections were open",
             registry=r,
         )
+        self.ratelimit_store_failures = Counter(
+            "fleetgate_ratelimit_store_failures",
+            "Calls to the shared rate-limit store (Redis) that failed or timed out; Redis is "
+            "then skipped for a while and limits are per process",
+            registry=r,
+        )
         r.register(_AdmissionCollector(admission))
         for name in (
             "requests",

@@ -9,10 +9,12 @@ the script runs atomically on the server's clock).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
-from typing import Protocol
+from typing import Any, Protocol
 
 from fleetgate.gateway.errors import GatewayError, rate_limited
 
@@ -158,49 +160,108 @@ return 0
 """
 
 
+# Each Redis call may take this long; a hung Redis (it accepts, it never answers) then costs a
+# request a quarter of a second once, not 5 s per call.
+REDIS_TIMEOUT_S = 0.25
+# After a failed call, Redis is skipped for this long (the circuit is open).
+REDIS_BREAK_S = 10.0
+
+
 class RedisRateLimiter:
     """Buckets in Redis, so every gateway replica draws from the same allowance.
 
-    If Redis cannot be reached the gateway admits the request and logs it: an outage of the
-    limiter's store should not turn into an outage of the models.
+    If Redis fails (down, or slower than :data:`REDIS_TIMEOUT_S`), it is skipped for
+    :data:`REDIS_BREAK_S` and this process's own buckets decide meanwhile: an outage of the
+    limiter's store should not turn into an outage (or a stall) of the models. Each outage is
+    logged once when it starts and once when it ends, and counted through ``on_failure``.
     """
 
-    def __init__(self, url: str, *, prefix: str = "fleetgate:rl:") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "fleetgate:rl:",
+        timeout_s: float = REDIS_TIMEOUT_S,
+        break_s: float = REDIS_BREAK_S,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.Redis.from_url(url)
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._prefix = prefix
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
+        self._timeout_s = timeout_s
+        self._break_s = break_s
+        self._open_until: float | None = None  # Redis skipped until then (monotonic)
+        self._on_failure = on_failure
+        self._local = MemoryRateLimiter()
+
+    @property
+    def skipping(self) -> bool:
+        """Whether Redis is being skipped after a failure (the circuit is open)."""
+        return self._open_until is not None and monotonic() < self._open_until
 
     def _keys(self, lane: str) -> list[str]:
         return [f"{self._prefix}{lane}:rpm", f"{self._prefix}{lane}:tpm"]
+
+    async def _call(self, script: Any, keys: list[str], args: list[int]) -> Any:
+        """The script's answer, or None when Redis failed or is being skipped."""
+        if self.skipping:
+            return None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await script(keys=keys, args=args)
+        except Exception as exc:  # down, hung, or broken: admit on local limits, say so once
+            if self._open_until is None:
+                log.warning(
+                    "rate limiter store unavailable (%s: %s): limits are per process; "
+                    "trying it again every %g s",
+                    exc.__class__.__name__,
+                    exc,
+                    self._break_s,
+                )
+            self._open_until = monotonic() + self._break_s
+            if self._on_failure is not None:
+                self._on_failure()
+            return None
+        if self._open_until is not None:
+            log.warning("rate limiter store is back: limits are shared again")
+            self._open_until = None
+        return answer
 
     async def reserve(self, quota: Quota, tokens: int) -> None:
         _check_size(quota, tokens)
         if quota.rpm is None and quota.tpm is None:
             return
-        try:
-            which, wait = await self._reserve(
-                keys=self._keys(quota.lane), args=[quota.rpm or 0, quota.tpm or 0, tokens]
-            )
-        except Exception as exc:  # the store is down: admit, and say so
-            log.warning("rate limiter store unavailable, admitting: %s", exc)
+        answer = await self._call(
+            self._reserve, self._keys(quota.lane), [quota.rpm or 0, quota.tpm or 0, tokens]
+        )
+        if answer is None:
+            await self._local.reserve(quota, tokens)
             return
+        which, wait = answer
         if int(which):
             raise _refusal(quota, int(which), float(wait), tokens)
 
     async def settle(self, quota: Quota, reserved: int, used: int) -> None:
         if quota.tpm is None or reserved == used:
             return
-        try:
-            await self._settle(keys=self._keys(quota.lane)[1:], args=[quota.tpm, reserved - used])
-        except Exception as exc:
-            log.warning("rate limiter store unavailable, usage not settled: %s", exc)
+        answer = await self._call(
+            self._settle, self._keys(quota.lane)[1:], [quota.tpm, reserved - used]
+        )
+        if answer is None:
+            await self._local.settle(quota, reserved, used)
 
     async def close(self) -> None:
         await self._redis.aclose()
 
 
-def make_rate_limiter(redis_url: str | None) -> RateLimiter:
-    return RedisRateLimiter(redis_url) if redis_url else MemoryRateLimiter()
+def make_rate_limiter(
+    redis_url: str | None, on_failure: Callable[[], None] | None = None
+) -> RateLimiter:
+    if redis_url:
+        return RedisRateLimiter(redis_url, on_failure=on_failure)
+    return MemoryRateLimiter()

@@ -18,7 +18,7 @@ from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.body import BodyBudget
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.metrics import GatewayMetrics
-from fleetgate.gateway.ratelimit import RateLimiter, make_rate_limiter
+from fleetgate.gateway.ratelimit import Quota, RateLimiter, make_rate_limiter
 from fleetgate.gateway.snapshot import Monitor
 from fleetgate.gateway.upstream import Upstream
 
@@ -49,7 +49,8 @@ class GatewayState:
         self.metrics = GatewayMetrics(self.admission)
         self.monitor = Monitor(self.metrics)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
-        self.limiter: RateLimiter = make_rate_limiter(config.redis_url)
+        self.limiter: RateLimiter = self._make_limiter(config.redis_url)
+        self._background: set[asyncio.Task[None]] = set()
         self.bodies = BodyBudget(config.max_buffered_bytes)
         self._reload_lock = asyncio.Lock()
         self._apply(config)
@@ -71,7 +72,20 @@ class GatewayState:
         await self.upstream.start()
         self.monitor.start()
 
+    def _make_limiter(self, redis_url: str | None) -> RateLimiter:
+        return make_rate_limiter(redis_url, self.metrics.ratelimit_store_failures.inc)
+
+    def settle_later(self, quota: Quota, reserved: int, used: int) -> None:
+        """Settle TPM after the answer went out: a slow limiter store must not delay it."""
+        if quota.tpm is None or reserved == used:
+            return
+        task = asyncio.get_running_loop().create_task(self.limiter.settle(quota, reserved, used))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.monitor.close()
         await self.upstream.close()
         await self.limiter.close()
@@ -98,7 +112,7 @@ class GatewayState:
                     "gateway listen address or header timeout changed: takes effect on restart"
                 )
             if config.redis_url != old.redis_url:
-                old_limiter, self.limiter = self.limiter, make_rate_limiter(config.redis_url)
+                old_limiter, self.limiter = self.limiter, self._make_limiter(config.redis_url)
                 await old_limiter.close()
             self._apply(config)
             log.warning(
