@@ -500,3 +500,126 @@ async def test_a_hung_redis_is_skipped_after_one_timeout_and_limits_stay_local(
     assert "fleetgate_ratelimit_store_failures_total 1.0" in metrics
     outages = [r for r in caplog.records if "rate limiter store unavailable" in r.getMessage()]
     assert len(outages) == 1
+
+
+# -- shutdown -------------------------------------------------------------------------------------
+
+
+async def test_the_drain_deadline_answers_everyone_in_progress() -> None:
+    slow = SimConfig(
+        model="tiny", max_model_len=512, max_num_seqs=4, decode_tps=5.0, reply_tokens=None
+    )
+    async with SimServer(slow) as backend:
+        routes = {ROUTE: {"deployments": ["d1"], "concurrency": 2, "queue_wait_s": 600}}
+        doc = sim_fleet({"d1": (backend.port, 512, 4)}, routes, drain_timeout_s=0.3)
+        async with serve(make_fleet(doc)) as gw, aiohttp.ClientSession() as s:
+            url = gw.url + "/v1/chat/completions"
+            first_event = asyncio.Event()
+
+            async def stream() -> bytes:
+                async with s.post(url, json=chat(stream=True, max_tokens=300)) as r:
+                    assert r.status == 200
+                    body = b""
+                    async for piece in r.content.iter_any():
+                        body += piece
+                        first_event.set()
+                    return body
+
+            async def unary() -> tuple[int, Any]:
+                async with s.post(url, json=chat(max_tokens=300)) as r:
+                    return r.status, await r.json()
+
+            streaming = asyncio.create_task(stream())
+            await first_event.wait()
+            running = asyncio.create_task(unary())
+            await eventually(lambda: gw.gateway.admission.pools["d1"].in_use == 2)
+            queued = asyncio.create_task(unary())
+            await eventually(lambda: gw.gateway.admission.queued(ROUTE) == 1)
+            await gw.drain()
+            body, ran, waited = await asyncio.gather(streaming, running, queued)
+    events = [e for e in body.split(b"\n\n") if e.strip()]
+    assert events[0].startswith(b"data: {") and b'"choices"' in events[0]
+    assert json.loads(events[-1].removeprefix(b"data: "))["error"]["code"] == "shutting_down"
+    for status, answer in (ran, waited):
+        assert status == 503 and answer["error"]["code"] == "shutting_down"
+
+
+def test_the_rendered_gateway_unit_waits_longer_than_the_drain() -> None:
+    from fleetgate.render.gateway import gateway_files
+    from fleetgate.render.source import Source
+
+    for drain in (30, 100.5):
+        doc = sim_fleet({"d1": (8000, 512, 4)}, {ROUTE: {"deployments": ["d1"]}})
+        doc["gateway"]["drain_timeout_s"] = drain
+        fleet = make_fleet(doc)
+        files = gateway_files(Source(fleet=fleet, raw=doc, fleet_file="fleet.yaml"))
+        (line,) = [
+            ln
+            for ln in files["fleetgate-gateway.service"].splitlines()
+            if ln.startswith("TimeoutStopSec=")
+        ]
+        assert int(line.split("=")[1]) > drain
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["drain-deadline", "second-sigterm"])
+def test_sigterm_drains_a_running_fleetgate_serve(tmp_path, signals: int) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import yaml
+    from tests.support.vllm_server import free_port
+
+    slow = SimConfig(
+        model="tiny", max_model_len=512, max_num_seqs=4, decode_tps=5.0, reply_tokens=None
+    )
+    with SimServer(slow).run_in_thread() as sim:
+        port = free_port()
+        # one signal: the 1 s deadline ends the stream; two: the second stops a 600 s drain
+        drain = 1 if signals == 1 else 600
+        doc = sim_fleet(
+            {"d1": (sim.port, 512, 4)},
+            {ROUTE: {"deployments": ["d1"]}},
+            drain_timeout_s=drain,
+        )
+        doc["gateway"].update(port=port, listen="127.0.0.1")
+        path = tmp_path / "fleet.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from fleetgate.cli import main; main()", "serve", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+        )
+        try:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=json.dumps(chat(stream=True, max_tokens=300)).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            for _ in range(300):
+                try:
+                    answer = urllib.request.urlopen(request, timeout=60)
+                    break
+                except OSError:
+                    assert proc.poll() is None
+                    time.sleep(0.1)
+            first = answer.readline()
+            assert first.startswith(b"data: {")
+            for _ in range(signals):
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+            rest = answer.read()
+            out = proc.communicate(timeout=30)[0].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, out
+    assert "draining for up to" in out
+    assert b'"code": "shutting_down"' in rest  # the stream was ended with an error event
+    if signals == 2:
+        assert "stopping at once" in out

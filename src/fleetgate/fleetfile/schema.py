@@ -5,6 +5,7 @@ Every other layer takes a validated :class:`Fleet`; nothing downstream re-reads 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -216,6 +217,9 @@ class Gateway(_Strict):
     max_connections: Annotated[int, Field(ge=1)] = Field(
         default=1024, description="open client connections at once; past it 503 and closed"
     )
+    drain_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0, description="on SIGTERM, how long requests in progress may finish"
+    )
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     max_response_bytes: Annotated[int, Field(ge=1024)] = Field(
@@ -226,6 +230,12 @@ class Gateway(_Strict):
     defaults: Limits = DEFAULT_LIMITS
     routes: dict[Name, Route] = {}
     aliases: dict[Name, Name] = {}
+
+    @property
+    def stop_timeout_s(self) -> int:
+        """How long a supervisor waits after SIGTERM before it kills the gateway: the drain
+        deadline, plus time for the requests it ended to say so and for the process to exit."""
+        return math.ceil(self.drain_timeout_s) + 15
 
     @field_validator("defaults")
     @classmethod

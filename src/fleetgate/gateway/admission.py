@@ -11,12 +11,12 @@ import asyncio
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from time import monotonic
 
-from fleetgate.gateway.errors import all_down, rate_limited, retry_after_seconds
+from fleetgate.gateway.errors import GatewayError, all_down, rate_limited, retry_after_seconds
 
 # With nothing finished and nothing running to go by, assume this long per request.
 _DEFAULT_SERVICE_S = 1.0
@@ -269,6 +269,14 @@ class Admission:
             waiter = oldest.popleft()
             pool.take()
             waiter.future.set_result(pool)
+
+    def fail_waiting(self, error: Callable[[], GatewayError]) -> None:
+        """Fail every queued request with an ``error()`` (the gateway is shutting down)."""
+        for queue in self._queues.values():
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_exception(error())
 
     def _fail_stranded(self, state: str = "down") -> None:
         """Fail the waiters none of whose deployments is up, saying in what ``state`` they are."""

@@ -214,10 +214,19 @@ class RunningGateway:
     url: str
     port: int
     app: web.Application
+    runner: web.AppRunner
 
     @property
     def gateway(self) -> GatewayState:
         return self.app[GATEWAY]
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting connections, then :meth:`GatewayState.drain` (``timeout_s`` defaults
+        to the fleet file's ``drain_timeout_s``)."""
+        for site in self.runner.sites:
+            await site.stop()
+        gw = self.gateway
+        await gw.drain(gw.config.drain_timeout_s if timeout_s is None else timeout_s)
 
 
 @asynccontextmanager
@@ -229,11 +238,14 @@ async def serve(
     loader: FleetLoader | None = None,
     access_stream: TextIO | None = None,
     gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
+    shutdown_timeout_s: float = 60.0,
 ) -> AsyncIterator[RunningGateway]:
     """Run the gateway on this event loop until the block ends (port 0: any free port).
 
     Handlers are cancelled when their client disconnects: that is what frees a queue place or
-    a backend slot, and closes the upstream request, the moment a client goes away.
+    a backend slot, and closes the upstream request, the moment a client goes away. When the
+    block ends, handlers still running get ``shutdown_timeout_s`` before they are cancelled
+    (:meth:`RunningGateway.drain` first, for a drain with answers).
     """
     app = create_app(fleet, loader=loader, access_stream=access_stream, gpu_memory=gpu_memory)
     gw = app[GATEWAY]
@@ -245,6 +257,7 @@ async def serve(
         # the keep-alive timer also closes a connection that has not sent a whole request head
         keepalive_timeout=gw.config.header_timeout_s,
         auto_decompress=False,  # read_body decompresses, and fails a bad body itself
+        shutdown_timeout=shutdown_timeout_s,
     )
     await runner.setup()
     try:
@@ -257,7 +270,7 @@ async def serve(
         )
         await site.start()
         bound = runner.addresses[0][1]
-        yield RunningGateway(http_url(reachable(host), bound), bound, app)
+        yield RunningGateway(http_url(reachable(host), bound), bound, app, runner)
     finally:
         await runner.cleanup()
 
@@ -272,7 +285,9 @@ def run(
 ) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP reloads the fleet file through ``loader``.
 
-    The access log goes to stderr, next to the other log lines, written directly.
+    SIGTERM drains: no new connections, requests in progress get ``drain_timeout_s`` to
+    finish, then queued ones get 503 and streams an error event. A second SIGTERM (or SIGINT)
+    stops at once. The access log goes to stderr, next to the other log lines, written directly.
     """
     with suppress(ImportError):
         import uvloop
@@ -293,6 +308,7 @@ def run(
             loader=loader,
             access_stream=sys.stderr,
             gpu_memory=gpu_memory,
+            shutdown_timeout_s=1.0,  # after the drain below, nothing should be left running
         ) as running:
             gw = running.gateway
 
@@ -309,5 +325,19 @@ def run(
                 loop.add_signal_handler(sig, stop.set)
             log.warning("fleetgate gateway listening on %s:%d", listen, running.port)
             await stop.wait()
+            stop.clear()
+            log.warning(
+                "stopping: draining for up to %g s (signal again to stop at once)",
+                gw.config.drain_timeout_s,
+            )
+            drain = loop.create_task(running.drain())
+            again = loop.create_task(stop.wait())
+            await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
+            if not drain.done():
+                log.warning("stopping at once")
+                drain.cancel()
+                await gw.end_all()  # streams still get their error event
+            again.cancel()
+            await asyncio.gather(drain, again, return_exceptions=True)
 
     asyncio.run(main())

@@ -84,6 +84,7 @@ class GatewayConfig:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    drain_timeout_s: float
     retries: int
     request_timeout_s: float
     max_response_bytes: int
@@ -143,6 +144,7 @@ class GatewayConfig:
             header_timeout_s=gw.header_timeout_s,
             body_timeout_s=gw.body_timeout_s,
             max_connections=gw.max_connections,
+            drain_timeout_s=gw.drain_timeout_s,
             retries=gw.retries,
             request_timeout_s=gw.request_timeout_s,
             max_response_bytes=gw.max_response_bytes,

@@ -133,6 +133,19 @@ def all_down(
     )
 
 
+def shutting_down() -> GatewayError:
+    """The gateway is stopping and its drain deadline passed: retry (on another replica, or on
+    this one once it is back)."""
+    return GatewayError(
+        503,
+        "the gateway is shutting down and this request did not finish within its drain "
+        "deadline (drain_timeout_s); retry",
+        reason="shutting_down",
+        code="shutting_down",
+        retry_after=1,
+    )
+
+
 def bad_gateway(message: str) -> GatewayError:
     return GatewayError(502, message, reason="upstream_error", code="upstream_error")
 

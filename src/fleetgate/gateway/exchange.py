@@ -19,7 +19,7 @@ from aiohttp import web
 from fleetgate.gateway.accesslog import AccessRecord
 from fleetgate.gateway.admission import SlotPool
 from fleetgate.gateway.config import ModelConfig
-from fleetgate.gateway.errors import GatewayError, bad_gateway, gateway_timeout
+from fleetgate.gateway.errors import GatewayError, bad_gateway, gateway_timeout, shutting_down
 from fleetgate.gateway.http import ProtocolError, Response
 from fleetgate.gateway.parse import ParsedRequest
 from fleetgate.gateway.ratelimit import Quota
@@ -53,7 +53,9 @@ class Exchange:
         "_req",
         "_request",
         "_served",
+        "_stopped",
         "_tail",
+        "_timeout",
         "pool",
         "record",
     )
@@ -79,6 +81,8 @@ class Exchange:
         self._served: str | None = None  # the served name the cached payload was built for
         self._payload = b""
         self._tail = b"\n"  # the last line written into the stream
+        self._timeout: asyncio.Timeout | None = None  # request_timeout_s, once a slot is held
+        self._stopped = False
 
     async def run(self) -> web.StreamResponse:
         """Reserve RPM/TPM, hold a slot, talk to the backend, settle on what was really used."""
@@ -107,16 +111,20 @@ class Exchange:
         got_slot = perf_counter()
         rec.queue_wait_s = waited = got_slot - queued_at
         gw.metrics.queue_wait.labels(model.lane, "admitted").observe(waited)
+        gw.exchanges.add(self)
         try:
-            async with asyncio.timeout(gw.config.request_timeout_s):
+            async with asyncio.timeout(gw.config.request_timeout_s) as self._timeout:
                 if self._req.stream:
                     return await self._stream()
                 return await self._unary()
         except TimeoutError:
-            error = gateway_timeout(
-                f"the backend did not answer within request_timeout_s "
-                f"({gw.config.request_timeout_s:g} s)"
-            )
+            if self._stopped:
+                error = shutting_down()
+            else:
+                error = gateway_timeout(
+                    f"the backend did not answer within request_timeout_s "
+                    f"({gw.config.request_timeout_s:g} s)"
+                )
             if self._out is None:
                 raise error from None
             # The stream already started: too late for a 504, so say it in the stream and end it.
@@ -124,8 +132,16 @@ class Exchange:
             await _stream_error(self._out, error, self._tail)
             return self._out
         finally:
+            gw.exchanges.discard(self)
             gw.admission.release(self.pool, perf_counter() - got_slot)
             gw.settle_later(quota, admitted.reserved, admitted.used)
+
+    def stop(self) -> None:
+        """End the exchange now (the gateway's drain deadline passed): a 503, or an error event
+        in a stream that already started, and the backend's connection dropped."""
+        if self._timeout is not None and not self._stopped:
+            self._stopped = True
+            self._timeout.reschedule(asyncio.get_running_loop().time())
 
     def payload_for(self, served: str) -> bytes:
         """The upstream body for a deployment's served name (built again only if a retry moves

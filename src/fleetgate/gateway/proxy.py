@@ -24,7 +24,7 @@ from fleetgate.gateway.accesslog import AccessRecord
 from fleetgate.gateway.auth import authenticate
 from fleetgate.gateway.body import read_body
 from fleetgate.gateway.config import KeyConfig, ModelConfig
-from fleetgate.gateway.errors import GatewayError, forbidden, not_found
+from fleetgate.gateway.errors import GatewayError, forbidden, not_found, shutting_down
 from fleetgate.gateway.exchange import JSON_TYPE, Exchange
 from fleetgate.gateway.parse import parse_request, parse_tokenize
 from fleetgate.gateway.state import GatewayState
@@ -80,7 +80,10 @@ async def _recorded(
     ends in one metrics update, one access-log line, and its body's bytes given back."""
     started = perf_counter()
     rec = AccessRecord(endpoint)
+    gw.request_started()
     try:
+        if gw.draining:
+            raise shutting_down()
         return await handle(rec)
     except GatewayError as exc:
         rec.status, rec.reason = exc.status, exc.reason
@@ -89,6 +92,7 @@ async def _recorded(
         rec.status, rec.reason = 499, "client_disconnected"
         raise
     finally:
+        gw.request_ended()
         gw.bodies.release(request)
         _finish(gw, rec, started)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TextIO
+from contextlib import suppress
+from typing import TYPE_CHECKING, TextIO
 
 from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet
@@ -17,12 +18,19 @@ from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.body import BodyBudget
 from fleetgate.gateway.config import GatewayConfig
+from fleetgate.gateway.errors import shutting_down
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import Quota, RateLimiter, make_rate_limiter
 from fleetgate.gateway.snapshot import Monitor
 from fleetgate.gateway.upstream import Upstream
 
 log = logging.getLogger("fleetgate.gateway")
+
+# After the drain deadline, how long the requests told to end get to write their last bytes.
+_END_GRACE_S = 2.0
+
+if TYPE_CHECKING:  # an Exchange holds the state; the state only tracks it
+    from fleetgate.gateway.exchange import Exchange
 
 FleetLoader = Callable[[], Fleet]
 
@@ -51,6 +59,11 @@ class GatewayState:
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
         self.limiter: RateLimiter = self._make_limiter(config.redis_url)
         self._background: set[asyncio.Task[None]] = set()
+        self.exchanges: set[Exchange] = set()  # completions holding a slot, for the drain
+        self.active = 0  # model-endpoint requests in progress
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.bodies = BodyBudget(config.max_buffered_bytes)
         self._reload_lock = asyncio.Lock()
         self._apply(config)
@@ -82,6 +95,43 @@ class GatewayState:
         task = asyncio.get_running_loop().create_task(self.limiter.settle(quota, reserved, used))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def request_started(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def request_ended(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests (503) and give those in progress up to ``timeout_s`` to finish;
+        then queued ones get 503 and running ones end (streams with an error event)."""
+        self.draining = True
+        if await self._wait_idle(timeout_s):
+            return
+        log.warning(
+            "drain deadline (%g s) passed with %d requests in progress: ending them",
+            timeout_s,
+            self.active,
+        )
+        await self.end_all()
+
+    async def end_all(self) -> None:
+        """Answer every queued request 503, end every forwarded one (a 503, or an error event
+        in its stream), and wait a moment for those answers to go out."""
+        self.draining = True
+        self.admission.fail_waiting(shutting_down)
+        for exchange in list(self.exchanges):
+            exchange.stop()
+        await self._wait_idle(_END_GRACE_S)
+
+    async def _wait_idle(self, timeout_s: float) -> bool:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return not self.active
 
     async def close(self) -> None:
         if self._background:

@@ -40,7 +40,7 @@ def gateway_files(source: Source) -> dict[str, str]:
         env=[],
         argv=[f'"${{FLEETGATE_BIN:-{fleetgate_bin}}}"']
         + [config_here if a == "{config}" else words.sh(a) for a in serve],
-        stop_timeout_s=STOP_TIMEOUT_S,
+        stop_timeout_s=max(STOP_TIMEOUT_S, gw.stop_timeout_s),
     )
     unit_dir, paths_note = unit_workdir(host)
     config_path = words.systemd(unit_dir + f"/current/{GATEWAY_DIR}/fleet.yaml")
@@ -56,6 +56,7 @@ def gateway_files(source: Source) -> dict[str, str]:
         fleet=fleet.name,
         user=host.ssh.user,
         env_file=words.systemd(unit_dir + "/env"),
+        stop_timeout_s=gw.stop_timeout_s,
         exec_start=" ".join(
             [words.systemd(unit_bin)]
             + [config_path if a == "{config}" else words.systemd(a) for a in serve]

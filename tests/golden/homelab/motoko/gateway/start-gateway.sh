@@ -66,7 +66,7 @@ do_stop() {
     return 0
   fi
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 90); do
     is_running || break
     sleep 0.5
   done
