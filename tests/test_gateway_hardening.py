@@ -623,3 +623,48 @@ def test_sigterm_drains_a_running_fleetgate_serve(tmp_path, signals: int) -> Non
     assert b'"code": "shutting_down"' in rest  # the stream was ended with an error event
     if signals == 2:
         assert "stopping at once" in out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_requests_on_a_deployment_that_goes_down_get_502_at_once(stream: bool) -> None:
+    """The backend takes the request and then hangs, health checks included."""
+    hung = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if head.startswith(b"GET /health") and not hung.is_set():
+                    writer.write(_HEALTH)
+                    continue
+                if head.startswith(b"POST") and stream:
+                    event = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(event), event)
+                    )
+                hung.set()  # from now on nothing answers, /health included
+                await asyncio.Event().wait()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with gateway_for(port, request_timeout_s=600) as (gw, log):
+            async with asyncio.timeout(60):  # a guard: the old code waited 600 s
+                status, body = await post(gw.url, chat(stream=stream))
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
+    if stream:
+        assert status == 200 and b"health checks" in body
+    else:
+        assert status == 502 and b"health checks" in body
+    assert [line["status"] for line in access_lines(log)] == [status]

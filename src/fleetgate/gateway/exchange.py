@@ -19,7 +19,7 @@ from aiohttp import web
 from fleetgate.gateway.accesslog import AccessRecord
 from fleetgate.gateway.admission import SlotPool
 from fleetgate.gateway.config import ModelConfig
-from fleetgate.gateway.errors import GatewayError, bad_gateway, gateway_timeout, shutting_down
+from fleetgate.gateway.errors import GatewayError, bad_gateway, gateway_timeout
 from fleetgate.gateway.http import ProtocolError, Response
 from fleetgate.gateway.parse import ParsedRequest
 from fleetgate.gateway.ratelimit import Quota
@@ -53,7 +53,7 @@ class Exchange:
         "_req",
         "_request",
         "_served",
-        "_stopped",
+        "_stop_error",
         "_tail",
         "_timeout",
         "pool",
@@ -82,7 +82,7 @@ class Exchange:
         self._payload = b""
         self._tail = b"\n"  # the last line written into the stream
         self._timeout: asyncio.Timeout | None = None  # request_timeout_s, once a slot is held
-        self._stopped = False
+        self._stop_error: GatewayError | None = None  # why stop() ended it
 
     async def run(self) -> web.StreamResponse:
         """Reserve RPM/TPM, hold a slot, talk to the backend, settle on what was really used."""
@@ -118,8 +118,8 @@ class Exchange:
                     return await self._stream()
                 return await self._unary()
         except TimeoutError:
-            if self._stopped:
-                error = shutting_down()
+            if self._stop_error is not None:
+                error = self._stop_error
             else:
                 error = gateway_timeout(
                     f"the backend did not answer within request_timeout_s "
@@ -136,11 +136,12 @@ class Exchange:
             gw.admission.release(self.pool, perf_counter() - got_slot)
             gw.settle_later(quota, admitted.reserved, admitted.used)
 
-    def stop(self) -> None:
-        """End the exchange now (the gateway's drain deadline passed): a 503, or an error event
-        in a stream that already started, and the backend's connection dropped."""
-        if self._timeout is not None and not self._stopped:
-            self._stopped = True
+    def stop(self, error: GatewayError) -> None:
+        """End the exchange now with ``error`` (the drain deadline passed, its deployment went
+        down): the error as the answer, or as an event in a stream that already started, and
+        the backend's connection dropped."""
+        if self._timeout is not None and self._stop_error is None:
+            self._stop_error = error
             self._timeout.reschedule(asyncio.get_running_loop().time())
 
     def payload_for(self, served: str) -> bytes:

@@ -18,7 +18,7 @@ from fleetgate.gateway.accesslog import AccessLog
 from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.body import BodyBudget
 from fleetgate.gateway.config import GatewayConfig
-from fleetgate.gateway.errors import shutting_down
+from fleetgate.gateway.errors import bad_gateway, shutting_down
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import Quota, RateLimiter, make_rate_limiter
 from fleetgate.gateway.snapshot import Monitor
@@ -56,7 +56,7 @@ class GatewayState:
         self.admission = Admission()
         self.metrics = GatewayMetrics(self.admission)
         self.monitor = Monitor(self.metrics)
-        self.upstream = Upstream(self.admission, self.admission.set_healthy)
+        self.upstream = Upstream(self.admission, self._health_changed)
         self.limiter: RateLimiter = self._make_limiter(config.redis_url)
         self._background: set[asyncio.Task[None]] = set()
         self.exchanges: set[Exchange] = set()  # completions holding a slot, for the drain
@@ -67,6 +67,19 @@ class GatewayState:
         self.bodies = BodyBudget(config.max_buffered_bytes)
         self._reload_lock = asyncio.Lock()
         self._apply(config)
+
+    def _health_changed(self, name: str, healthy: bool) -> None:
+        """A deployment the health checks took out takes its requests in progress with it:
+        they get 502 now instead of waiting out request_timeout_s on a backend that is gone."""
+        self.admission.set_healthy(name, healthy)
+        if healthy:
+            return
+        for exchange in [e for e in self.exchanges if e.pool.name == name]:
+            exchange.stop(
+                bad_gateway(
+                    f"deployment {name!r} failed its health checks while this request ran on it"
+                )
+            )
 
     def _apply(self, config: GatewayConfig) -> None:
         self.admission.configure(
@@ -124,7 +137,7 @@ class GatewayState:
         self.draining = True
         self.admission.fail_waiting(shutting_down)
         for exchange in list(self.exchanges):
-            exchange.stop()
+            exchange.stop(shutting_down())
         await self._wait_idle(_END_GRACE_S)
 
     async def _wait_idle(self, timeout_s: float) -> bool:
