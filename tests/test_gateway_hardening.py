@@ -668,3 +668,42 @@ async def test_requests_on_a_deployment_that_goes_down_get_502_at_once(stream: b
     else:
         assert status == 502 and b"health checks" in body
     assert [line["status"] for line in access_lines(log)] == [status]
+
+
+async def test_tokenize_takes_from_the_rpm_and_counting_is_bounded_per_deployment() -> None:
+    running = [0, 0]  # /tokenize requests the backend is working on: now, at most
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if head.startswith(b"GET /health"):
+                    writer.write(_HEALTH)
+                    continue
+                running[0] += 1
+                running[1] = max(running)
+                await asyncio.sleep(0.2)  # a long prompt being tokenized
+                running[0] -= 1
+                answer = b'{"count": 3, "max_model_len": 512, "tokens": [1, 2, 3]}'
+                writer.write(http(f"HTTP/1.1 200 OK\nContent-Length: {len(answer)}", answer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    body = {"model": ROUTE, "prompt": "hello"}
+    try:
+        doc = sim_fleet({"d1": (port, None, 4)}, {ROUTE: {"deployments": ["d1"], "rpm": 8}})
+        async with serve(make_fleet(doc)) as gw:
+            results = await asyncio.gather(*(post(gw.url, body, "/tokenize") for _ in range(8)))
+            assert [status for status, _ in results] == [200] * 8
+            status, answer = await post(gw.url, body, "/tokenize")
+            assert status == 429 and b"rpm" in answer
+    finally:
+        server.close()
+    from fleetgate.gateway.upstream import COUNTS_PER_DEPLOYMENT
+
+    assert running[1] == COUNTS_PER_DEPLOYMENT

@@ -6,8 +6,9 @@ wait runs out) -> upstream (502/504; a backend's 4xx is passed through as it is)
 up to the token limits are here; from the reservation on, an
 :class:`~fleetgate.gateway.exchange.Exchange` holds the request.
 
-``/tokenize`` takes the same path up to a healthy deployment, then asks it for its count
-(no limits, no slot: counting is cheap and admission itself relies on it).
+``/tokenize`` takes the same path up to a healthy deployment, takes one request from the lane's
+RPM (no TPM, no slot), then asks the backend for its count; counts run at most
+:data:`~fleetgate.gateway.upstream.COUNTS_PER_DEPLOYMENT` at once per deployment.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fleetgate.gateway.config import KeyConfig, ModelConfig
 from fleetgate.gateway.errors import GatewayError, forbidden, not_found, shutting_down
 from fleetgate.gateway.exchange import JSON_TYPE, Exchange
 from fleetgate.gateway.parse import parse_request, parse_tokenize
+from fleetgate.gateway.ratelimit import Quota
 from fleetgate.gateway.state import GatewayState
 from fleetgate.gateway.tokens import check_tokens
 
@@ -63,6 +65,8 @@ async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse
         raw = await read_body(request, config.max_body_bytes, gw.bodies, config.body_timeout_s)
         name, payload = parse_tokenize(raw)
         model = _resolve(gw, key, name, rec)
+        # a count asked for is a request like any other: it takes one from the lane's RPM
+        await gw.limiter.reserve(Quota(model.lane, model.rpm, None), 0)
         answer = await gw.upstream.tokenize(model.deployments, payload)
         rec.deployment, rec.tokens_in, rec.status = answer.deployment, answer.count, 200
         return web.Response(body=json.dumps(answer.body).encode(), content_type=JSON_TYPE)

@@ -30,6 +30,9 @@ from fleetgate.gateway.http import (
 log = logging.getLogger("fleetgate.gateway")
 
 RETRY_BASE_S = 0.05
+# Token counts one deployment is asked for at once (client /tokenize and admission's counting
+# together): a burst of huge prompts to count must not stall the generations running there.
+COUNTS_PER_DEPLOYMENT = 2
 RETRYABLE_STATUS = frozenset({502, 503})
 _CONNECTION_ERRORS = (ConnectFailed, Disconnected)
 
@@ -82,6 +85,7 @@ class Upstream:
         self.retries = 0
         self.max_response_bytes: int | None = None
         self._failures: dict[str, int] = {}
+        self._counting: dict[str, asyncio.Semaphore] = {}
         self._unhealthy_after = 1
         self._on_health = on_health
         self._client: HttpClient | None = None
@@ -224,9 +228,13 @@ class Upstream:
         for name in names[: self.retries + 1]:
             dep = self.deployments[name]
             body = json.dumps({**payload, "model": dep.served_model}).encode()
+            counting = self._counting.get(name)
+            if counting is None:
+                counting = self._counting[name] = asyncio.Semaphore(COUNTS_PER_DEPLOYMENT)
             try:
-                resp = await self.client.request("POST", dep.url, "/tokenize", body)
-                raw = await resp.read(self.max_response_bytes)
+                async with counting:
+                    resp = await self.client.request("POST", dep.url, "/tokenize", body)
+                    raw = await resp.read(self.max_response_bytes)
             except _CONNECTION_ERRORS as exc:
                 self.record(name, False)
                 last = f"deployment {name!r}: {exc.__class__.__name__}"
