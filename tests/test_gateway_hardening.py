@@ -707,3 +707,25 @@ async def test_tokenize_takes_from_the_rpm_and_counting_is_bounded_per_deploymen
     from fleetgate.gateway.upstream import COUNTS_PER_DEPLOYMENT
 
     assert running[1] == COUNTS_PER_DEPLOYMENT
+
+
+async def test_a_request_holds_a_slot_per_sequence_it_runs() -> None:
+    def batch(k: int) -> dict[str, Any]:
+        return {"model": ROUTE, "prompt": ["hi"] * k, "max_tokens": 5}
+
+    async with hostile_backend(b"", hold=True) as port, gateway_for(port) as (gw, _):
+        pool = gw.gateway.admission.pools["d1"]  # 4 slots; the backend never answers
+        three = asyncio.create_task(post(gw.url, batch(3), "/v1/completions"))
+        await eventually(lambda: pool.in_use == 3)
+        two = asyncio.create_task(post(gw.url, batch(2), "/v1/completions"))
+        await eventually(lambda: gw.gateway.admission.queued(ROUTE) == 1)
+        assert pool.in_use == 3  # 3 + 2 sequences would be over the backend's 4
+        status, body = await post(gw.url, batch(5), "/v1/completions")
+        assert status == 400 and b"5 sequences" in body
+        status, body = await post(gw.url, chat(n=5))
+        assert status == 400 and b"5 sequences" in body
+        three.cancel()  # its client goes away: its 3 slots free, the queued one gets 2
+        await eventually(lambda: pool.in_use == 2 and gw.gateway.admission.queued(ROUTE) == 0)
+        two.cancel()
+        await eventually(lambda: pool.in_use == 0)
+        await asyncio.gather(three, two, return_exceptions=True)

@@ -16,7 +16,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from time import monotonic
 
-from fleetgate.gateway.errors import GatewayError, all_down, rate_limited, retry_after_seconds
+from fleetgate.gateway.errors import (
+    GatewayError,
+    all_down,
+    bad_request,
+    rate_limited,
+    retry_after_seconds,
+)
 
 # With nothing finished and nothing running to go by, assume this long per request.
 _DEFAULT_SERVICE_S = 1.0
@@ -42,22 +48,23 @@ class SlotPool:
     def free(self) -> bool:
         return self.healthy and self.in_use < self.capacity
 
-    def take(self) -> None:
-        self.in_use += 1
-        self.running_since.append(monotonic())
+    def take(self, count: int = 1) -> None:
+        self.in_use += count
+        self.running_since.extend([monotonic()] * count)
 
-    def give_back(self, held_s: float | None) -> None:
-        """Free a slot; its hand-out time is the one closest to ``now - held_s`` (the holder's
-        own clock reading differs by microseconds), or the newest if the holder did not say."""
-        self.in_use -= 1
+    def give_back(self, held_s: float | None, count: int = 1) -> None:
+        """Free ``count`` slots; their hand-out time is the one closest to ``now - held_s`` (the
+        holder's own clock reading differs by microseconds), or the newest if it did not say."""
+        self.in_use -= count
         since = self.running_since
-        if not since:
-            return
-        if held_s is None or len(since) == 1:
-            since.pop()
-            return
-        target = monotonic() - held_s
-        since.remove(min(since, key=lambda s: abs(s - target)))
+        for _ in range(count):
+            if not since:
+                return
+            if held_s is None or len(since) == 1:
+                since.pop()
+                continue
+            target = monotonic() - held_s
+            since.remove(min(since, key=lambda s: abs(s - target)))
 
 
 @dataclass(eq=False)
@@ -67,6 +74,7 @@ class _Waiter:
     route: str
     candidates: tuple[str, ...]
     future: asyncio.Future[SlotPool]
+    slots: int = 1  # sequences the request runs at once (n, or a batch of prompts)
     since: float = field(default_factory=monotonic)
 
 
@@ -118,8 +126,11 @@ class Admission:
 
     # -- the request path ---------------------------------------------------------------------
 
-    def try_acquire(self, candidates: Iterable[str], exclude: str | None = None) -> SlotPool | None:
-        """A free slot on the healthy deployment with the fewest requests in flight, if any."""
+    def try_acquire(
+        self, candidates: Iterable[str], exclude: str | None = None, slots: int = 1
+    ) -> SlotPool | None:
+        """``slots`` free slots on the healthy deployment with the fewest requests in flight,
+        if any has them."""
         best = None
         for name in candidates:
             pool = self.pools.get(name)
@@ -127,12 +138,12 @@ class Admission:
                 pool is not None
                 and name != exclude
                 and pool.healthy
-                and pool.in_use < pool.capacity
+                and pool.in_use + slots <= pool.capacity
                 and (best is None or pool.in_use < best.in_use)
             ):
                 best = pool
         if best is not None:
-            best.take()
+            best.take(slots)
         return best
 
     async def acquire(
@@ -143,16 +154,27 @@ class Admission:
         wait_s: float,
         *,
         route: str | None = None,
+        slots: int = 1,
     ) -> SlotPool:
-        """A slot now, or a place in the lane's queue until one frees up or ``wait_s`` passes.
+        """``slots`` slots on one deployment now (a request running ``slots`` sequences holds
+        that many), or a place in the lane's queue until they free up or ``wait_s`` passes.
 
-        Raises 429 when the queue is full or the wait runs out, 503 when every candidate of
-        ``route`` (default: the lane) is down. A cancelled caller (client gone) leaves the queue.
+        Raises 400 when no candidate has that many slots at all, 429 when the queue is full or
+        the wait runs out, 503 when every candidate of ``route`` (default: the lane) is down.
+        A cancelled caller (client gone) leaves the queue.
         """
-        pool = self.try_acquire(candidates)
+        pool = self.try_acquire(candidates, slots=slots)
         if pool is not None:
             return pool
         route = route or lane
+        most = max((p.capacity for c in candidates if (p := self.pools.get(c))), default=0)
+        if slots > most:
+            raise bad_request(
+                f"this request runs {slots} sequences at once (n times the prompts), more than "
+                f"the {most} concurrency slots a deployment of {route!r} has; lower n or send "
+                "fewer prompts per request",
+                param="n",
+            )
         self.require_healthy(route, candidates)
         queue = self._queues.setdefault(lane, deque())
         if len(queue) >= depth:
@@ -164,7 +186,7 @@ class Admission:
                 retry_after=self.estimate_wait(candidates, ahead + 1),
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(next(self._seq), lane, route, candidates, loop.create_future())
+        waiter = _Waiter(next(self._seq), lane, route, candidates, loop.create_future(), slots)
         queue.append(waiter)
         try:
             async with asyncio.timeout(wait_s):
@@ -185,11 +207,11 @@ class Admission:
         except asyncio.CancelledError:
             granted = self._leave(queue, waiter)
             if granted is not None:
-                self.release(granted)
+                self.release(granted, slots=slots)
             raise
 
-    def release(self, pool: SlotPool, held_s: float | None = None) -> None:
-        pool.give_back(held_s)
+    def release(self, pool: SlotPool, held_s: float | None = None, slots: int = 1) -> None:
+        pool.give_back(held_s, slots)
         if held_s is not None:
             prev = pool.service_s
             pool.service_s = held_s if prev is None else prev + _EWMA * (held_s - prev)
@@ -264,10 +286,10 @@ class Admission:
                     and (oldest is None or queue[0].seq < oldest[0].seq)
                 ):
                     oldest = queue
-            if oldest is None:
-                return
+            if oldest is None or pool.in_use + oldest[0].slots > pool.capacity:
+                return  # the oldest waits for enough slots; nobody passes it meanwhile
             waiter = oldest.popleft()
-            pool.take()
+            pool.take(waiter.slots)
             waiter.future.set_result(pool)
 
     def fail_waiting(self, error: Callable[[], GatewayError]) -> None:

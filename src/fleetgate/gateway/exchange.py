@@ -58,6 +58,7 @@ class Exchange:
         "_timeout",
         "pool",
         "record",
+        "slots",
     )
     pool: SlotPool  # set once a slot is held; a retry moves it to another deployment's
 
@@ -77,6 +78,7 @@ class Exchange:
         self._req = req
         self._admitted = admitted
         self._quota = Quota(model.lane, model.rpm, model.tpm)
+        self.slots = req.n * req.prompts  # sequences the backend runs for it at once
         self._out: web.StreamResponse | None = None  # the client's stream, once prepared
         self._served: str | None = None  # the served name the cached payload was built for
         self._payload = b""
@@ -97,6 +99,7 @@ class Exchange:
                 model.queue_depth,
                 model.queue_wait_s,
                 route=model.route,
+                slots=self.slots,
             )
         except BaseException as exc:
             # A wait that ended without a slot is backpressure too: count it with how it ended.
@@ -133,7 +136,7 @@ class Exchange:
             return self._out
         finally:
             gw.exchanges.discard(self)
-            gw.admission.release(self.pool, perf_counter() - got_slot)
+            gw.admission.release(self.pool, perf_counter() - got_slot, self.slots)
             gw.settle_later(quota, admitted.reserved, admitted.used)
 
     def stop(self, error: GatewayError) -> None:

@@ -56,7 +56,8 @@ class GatewayState:
         self.admission = Admission()
         self.metrics = GatewayMetrics(self.admission)
         self.monitor = Monitor(self.metrics)
-        self.upstream = Upstream(self.admission, self._health_changed)
+        self.upstream = Upstream(self.admission, self.admission.set_healthy)
+        self.upstream.on_probed_down = self._end_requests_on
         self.limiter: RateLimiter = self._make_limiter(config.redis_url)
         self._background: set[asyncio.Task[None]] = set()
         self.exchanges: set[Exchange] = set()  # completions holding a slot, for the drain
@@ -68,12 +69,9 @@ class GatewayState:
         self._reload_lock = asyncio.Lock()
         self._apply(config)
 
-    def _health_changed(self, name: str, healthy: bool) -> None:
-        """A deployment the health checks took out takes its requests in progress with it:
+    def _end_requests_on(self, name: str) -> None:
+        """A deployment its health checks took out takes its requests in progress with it:
         they get 502 now instead of waiting out request_timeout_s on a backend that is gone."""
-        self.admission.set_healthy(name, healthy)
-        if healthy:
-            return
         for exchange in [e for e in self.exchanges if e.pool.name == name]:
             exchange.stop(
                 bad_gateway(

@@ -72,6 +72,7 @@ class SlotHolder(Protocol):
     and its body for a deployment's served model name."""
 
     pool: SlotPool
+    slots: int  # how many slots it holds on that deployment
 
     def payload_for(self, served_model: str) -> bytes: ...
 
@@ -88,6 +89,7 @@ class Upstream:
         self._counting: dict[str, asyncio.Semaphore] = {}
         self._unhealthy_after = 1
         self._on_health = on_health
+        self.on_probed_down: Callable[[str], None] = lambda name: None
         self._client: HttpClient | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_interval = 5.0
@@ -126,19 +128,22 @@ class Upstream:
         pool = self.admission.pools.get(name)
         return pool is not None and pool.healthy
 
-    def record(self, name: str, ok: bool) -> None:
-        """One probe or request outcome: down after N failures in a row, up after a success."""
+    def record(self, name: str, ok: bool) -> bool:
+        """One probe or request outcome: down after N failures in a row, up after a success.
+        True when this outcome took the deployment down."""
         if ok:
             self._failures[name] = 0
             if not self.healthy(name):
                 log.warning("deployment %s is back up", name)
                 self._on_health(name, True)
-            return
+            return False
         count = self._failures.get(name, 0) + 1
         self._failures[name] = count
         if count >= self._unhealthy_after and self.healthy(name):
             log.warning("deployment %s is down after %d failed checks", name, count)
             self._on_health(name, False)
+            return True
+        return False
 
     async def probe(self, dep: DeploymentConfig) -> bool:
         try:
@@ -153,8 +158,11 @@ class Upstream:
         deps = list(self.deployments.values())
         results = await asyncio.gather(*(self.probe(d) for d in deps))
         for dep, ok in zip(deps, results, strict=True):
-            if dep.name in self.deployments:
-                self.record(dep.name, ok)
+            if dep.name in self.deployments and self.record(dep.name, ok):
+                # Its health checks go unanswered: requests waiting on it would wait out their
+                # timeout. (A refused connection, seen by the requests themselves, is not this:
+                # they fail fast and retry elsewhere by themselves.)
+                self.on_probed_down(dep.name)
 
     async def _probe_forever(self) -> None:
         while True:
@@ -204,9 +212,9 @@ class Upstream:
                 raise bad_gateway(f"upstream failed after {attempt + 1} attempt(s); {last}")
             await asyncio.sleep(backoff_s(attempt))
             attempt += 1
-            other = self.admission.try_acquire(candidates, exclude=pool.name)
+            other = self.admission.try_acquire(candidates, exclude=pool.name, slots=holder.slots)
             if other is not None:
-                self.admission.release(pool)
+                self.admission.release(pool, slots=holder.slots)
                 holder.pool = other
 
     async def count_tokens(self, candidates: tuple[str, ...], payload: dict[str, Any]) -> int:
