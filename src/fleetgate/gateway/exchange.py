@@ -274,19 +274,17 @@ def _upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str)
 _MAX_USAGE = 1 << 32
 
 
-def _count(value: object) -> bool:
-    return type(value) is int and 0 <= value < _MAX_USAGE
+def _count(value: object) -> int | None:
+    """``value`` if it is a plausible token count (not a bool, a negative or a 400-digit one)."""
+    return value if type(value) is int and 0 <= value < _MAX_USAGE else None
 
 
 def _usage_total(usage: object) -> tuple[int, int] | None:
-    """The prompt and completion tokens of a backend's usage, if they are plausible counts
-    (a negative or 400-digit number must not reach the accounting)."""
+    """The prompt and completion tokens of a backend's usage, if both are plausible counts."""
     if not isinstance(usage, dict):
         return None
-    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if _count(p) and _count(c):
-        return p, c
-    return None
+    p, c = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    return (p, c) if p is not None and c is not None else None
 
 
 async def _refuse_upstream(resp: Response, limit: int) -> web.Response:

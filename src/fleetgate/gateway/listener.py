@@ -95,7 +95,7 @@ class CappedSite(web.BaseSite):
         )
 
 
-class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger, with what a client sent kept out of it."""
 
     def __init__(self, on_malformed: Callable[[str], None]) -> None:
