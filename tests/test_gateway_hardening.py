@@ -729,3 +729,30 @@ async def test_a_request_holds_a_slot_per_sequence_it_runs() -> None:
         two.cancel()
         await eventually(lambda: pool.in_use == 0)
         await asyncio.gather(three, two, return_exceptions=True)
+
+
+async def test_a_reload_that_renames_a_deployment_keeps_its_slots_and_its_queue() -> None:
+    slow = SimConfig(
+        model="tiny", max_model_len=512, max_num_seqs=4, decode_tps=20.0, reply_tokens=None
+    )
+    async with SimServer(slow) as backend:
+
+        def doc(name: str) -> dict[str, Any]:
+            routes = {ROUTE: {"deployments": [name], "concurrency": 1, "queue_wait_s": 120}}
+            return sim_fleet({name: (backend.port, 512, 4)}, routes)
+
+        current = {"doc": doc("old")}
+        fleet = make_fleet(current["doc"])
+        async with serve(fleet, loader=lambda: make_fleet(current["doc"])) as gw:
+            running = asyncio.create_task(post(gw.url, chat(max_tokens=20)))
+            await eventually(lambda: gw.gateway.admission.pools["old"].in_use == 1)
+            queued = asyncio.create_task(post(gw.url, chat(max_tokens=2)))
+            await eventually(lambda: gw.gateway.admission.queued(ROUTE) == 1)
+            current["doc"] = doc("new")
+            await gw.gateway.reload()
+            pools = gw.gateway.admission.pools
+            assert set(pools) == {"new"} and pools["new"].in_use == 1  # not 0: no over-admission
+            assert gw.gateway.admission.queued(ROUTE) == 1  # still waiting, not failed
+            (s1, _), (s2, _) = await asyncio.gather(running, queued)
+            assert (s1, s2) == (200, 200)
+            assert pools["new"].in_use == 0

@@ -89,11 +89,30 @@ class Admission:
 
     # -- configuration and health -------------------------------------------------------------
 
-    def configure(self, capacities: dict[str, int], recheck_s: float | None = None) -> None:
+    def configure(
+        self,
+        capacities: dict[str, int],
+        recheck_s: float | None = None,
+        *,
+        renamed: dict[str, str] | None = None,
+    ) -> None:
         """Set every deployment's capacity (slots held by in-flight requests are kept) and how
-        often the health checks look at a down deployment again."""
+        often the health checks look at a down deployment again.
+
+        ``renamed`` maps a new name to the old name of the same backend: its pool (the slots in
+        use, its health) moves to the new name and its waiters stay queued, so a rename
+        neither fails the queue nor lets the backend be admitted twice over."""
         if recheck_s is not None:
             self.recheck_s = recheck_s
+        for new, old in (renamed or {}).items():
+            pool = self.pools.pop(old, None)
+            if pool is None:
+                continue
+            pool.name = new
+            self.pools[new] = pool
+            for queue in self._queues.values():
+                for waiter in queue:
+                    waiter.candidates = tuple(new if c == old else c for c in waiter.candidates)
         for name, capacity in capacities.items():
             pool = self.pools.get(name)
             if pool is None:

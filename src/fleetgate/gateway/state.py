@@ -80,8 +80,16 @@ class GatewayState:
             )
 
     def _apply(self, config: GatewayConfig) -> None:
+        old = self.config.deployments  # the same as config's on the first call
+        gone = {d.url: n for n, d in old.items() if n not in config.deployments}
+        # a deployment renamed on the same backend URL keeps its slots in use and its queue
+        renamed = {
+            n: gone[d.url] for n, d in config.deployments.items() if n not in old and d.url in gone
+        }
         self.admission.configure(
-            {n: d.concurrency for n, d in config.deployments.items()}, config.health.interval_s
+            {n: d.concurrency for n, d in config.deployments.items()},
+            config.health.interval_s,
+            renamed=renamed,
         )
         self.upstream.configure(config)
         self.bodies.cap = config.max_buffered_bytes
