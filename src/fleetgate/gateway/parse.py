@@ -78,7 +78,8 @@ def load_json(raw: bytes) -> Any:
     brackets = raw.count(b"[") + raw.count(b"{")  # a cheap bound on the depth
     if brackets > MAX_DEPTH and isinstance(value, (dict, list)) and _too_deep(value):
         raise bad_request(f"the request body is nested more than {MAX_DEPTH} levels deep")
-    if encoding != "utf-8" or _MAY_HAVE_SURROGATES.search(raw):
+    suspect = b"\\u" in raw or b"\xed" in raw  # cheap; the pattern only when one is there
+    if encoding != "utf-8" or (suspect and _MAY_HAVE_SURROGATES.search(raw)):
         try:
             _CHECK_ENCODER.encode(value).encode("utf-8")
         except UnicodeEncodeError as exc:
