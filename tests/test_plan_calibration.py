@@ -78,6 +78,8 @@ class Case:
     known_miss: str | None = None
     # likewise for a verdict the planner gets wrong
     verdict_miss: str | None = None
+    host_os: str = "linux"
+    desktop_reserve_gib: float | None = None  # what the log shows held before vLLM started
 
     def plan_input(self) -> PlanInput:
         arch = self.arch or catalog_arch(self.model)
@@ -93,6 +95,8 @@ class Case:
             tensor_parallel_size=self.tp,
             gpu_p2p=self.p2p,
             vllm_version=self.version,
+            host_os=self.host_os,
+            desktop_reserve_gib=self.desktop_reserve_gib,
         )
 
     def kv_error(self) -> float | None:
@@ -264,12 +268,12 @@ CASES = [
         arch=QWEN3_CODER_30B_FP8,
         in_sample=False,
     ),
-    # The first case of the V2 model runner against a real log (dense Qwen2 in 0.28). The
-    # planner gives 15.48 GiB where vLLM had 13.42. Not explained by a term read from 0.28's
-    # source: from 0.27 vLLM charges the device-wide free-memory drop since its first snapshot
-    # (utils/mem_utils.py total_consumed: allocator slack and every persistent buffer), and the
-    # run started on a fresh pod (cold torch.compile, whose scratch lands in the profile peak);
-    # neither is sized by anything the log shows. GPU total: see SOURCES.md.
+    # The V2 model runner's cases below (0.26-0.30) set COLD_COMPILE_SCRATCH_GIB (rules.py):
+    # in-sample since then. Before it the planner gave +15.3% / +4.0% / +10.1% / +2.2% /
+    # +26.8% on them. This one (dense Qwen2 in 0.28) keeps +10%: from 0.27 vLLM charges the
+    # device-wide free-memory drop since its first snapshot (utils/mem_utils.py total_consumed:
+    # allocator slack and every persistent buffer), which nothing in the log sizes; its GPU
+    # total is planned (SOURCES.md).
     Case(
         "vllm-serving-internals week 3 (V1 0.28, V2 runner, RTX PRO 4000 24 GB, "
         "Qwen2.5-7B AWQ: 251,344 tokens)",
@@ -282,11 +286,11 @@ CASES = [
         kv_tokens=251344,
         available_kv_gib=13.42,
         quantization="awq",
-        in_sample=False,
-        known_miss="+15.3% KV tokens (2.06 GiB more available than vLLM had); unconfirmed",
+        known_miss="KV tokens +10.1% (within 15%), but the KV memory 14.78 GiB vs 13.42 is "
+        "over the 10% term check: 0.27's total_consumed charge is not sized",
     ),
     # V2 runner with its measured graphs (0.29+), on a consumer card, a model outside the
-    # catalog. The planner leaves 0.75 GiB more than vLLM did (same sign as the 0.28 case).
+    # catalog.
     Case(
         "awesome-pro/vllm-learning (V1 0.30, V2 runner, RTX 4090, Qwen3-0.6B: 176,192 tokens)",
         "Qwen/Qwen3-0.6B",
@@ -298,12 +302,10 @@ CASES = [
         kv_tokens=176192,
         available_kv_gib=18.82,
         arch=QWEN3_06B,
-        in_sample=False,
     ),
     # akiyax/kvcache-lab (SOURCES.md): an RTX 4080 under WSL2, vLLM 0.26, the V2 runner with
-    # graphs left out of the budget (as the log's 8.0 GiB = 14.39 - 5.29 - 1.04 - 0.06 shows).
-    # The planner's V2 profile peak is 0.37 GiB where vLLM measured 1.04: see
-    # test_v2_profile_peak_of_a_real_0_26_log.
+    # graphs left out of the budget (as the log's 8.0 GiB = 14.39 - 5.29 - 1.04 - 0.06 shows);
+    # 14.69 of 15.99 GiB free at start-up: the WSL2 context alone.
     Case(
         "akiyax/kvcache-lab phase 1 (V1 0.26, V2 runner, RTX 4080 WSL2, Qwen2.5-7B AWQ, "
         "32768 ctx: 149,712 tokens)",
@@ -316,7 +318,8 @@ CASES = [
         kv_tokens=149712,
         weights_gib=5.29,
         quantization="awq",
-        in_sample=False,
+        host_os="windows",
+        desktop_reserve_gib=0.0,
     ),
     Case(
         "akiyax/kvcache-lab MLA (V1 0.26, V2 runner, RTX 4080 WSL2, DeepSeek-V2-Lite AWQ, "
@@ -331,10 +334,14 @@ CASES = [
         available_kv_gib=5.07,
         quantization="awq",
         arch=DEEPSEEK_V2_LITE,
-        in_sample=False,
-        verdict_miss="KV sized as planned (+2.2%); the start then died in CUDA-graph capture "
-        "('CUDA error: unknown error' under WSL2) with 0.29 GiB free beyond the budget: the "
-        "planner does not check the capture's headroom",
+        host_os="windows",
+        desktop_reserve_gib=0.81,  # 13.88 of 15.99 GiB free at start-up: 1.3 WSL2 + 0.81
+        known_miss="KV tokens -11.6% (within 15%), but the KV memory 4.48 GiB vs 5.07 is over "
+        "the 10% term check: the util 0.80 start of the same pair is +6.5%",
+        verdict_miss="the start died in CUDA-graph capture ('CUDA error: unknown error' under "
+        "WSL2) with 0.29 GiB free beyond the budget; the planner warns (capture short, "
+        "test_graph_capture_room_of_the_wsl2_pair) but cannot call it fails: the Qwen start "
+        "on the same card had 0.30 GiB beyond its budget, captured 0.48 GiB and went on",
     ),
     Case(
         "akiyax/kvcache-lab MLA (V1 0.26, V2 runner, RTX 4080 WSL2, DeepSeek-V2-Lite AWQ, "
@@ -349,10 +356,10 @@ CASES = [
         available_kv_gib=3.46,
         quantization="awq",
         arch=DEEPSEEK_V2_LITE,
-        in_sample=False,
-        known_miss="+26.8%: the same start as the util 0.85 one, 0.80 GiB less budget but "
-        "1.61 GiB less KV memory; 0.81 GiB more charged outside the KV cache, by nothing the "
-        "settings change",
+        host_os="windows",
+        desktop_reserve_gib=0.81,
+        # the pair is not consistent (0.80 GiB less budget, 1.61 GiB less KV memory): the
+        # planner is -11.6% on the 0.85 start and +6.5% here
     ),
 ]
 
@@ -394,22 +401,50 @@ def test_calibration(case: Case) -> None:
         assert plan.activation_gib == pytest.approx(case.activation_gib, rel=0.10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the V2 runner's profile peak is not modelled from 0.26's "
-    "source: vLLM measured 1.04 GiB, the planner gives 0.37 (and 0.70 for the V1 runner)",
-)
 def test_v2_profile_peak_of_a_real_0_26_log() -> None:
     # akiyax/kvcache-lab phase 1: "Actual usage is 5.29 GiB for weight, 1.04 GiB for peak
-    # activation, 0.06 GiB for non-torch memory" (the record's reading of the line)
+    # activation, 0.06 GiB for non-torch memory" (the record's reading of the line). The layer
+    # tensors and logits give 0.37 GiB; the rest is the cold torch.compile scratch.
+    from dataclasses import replace
+
     case = next(c for c in CASES if c.source.startswith("akiyax/kvcache-lab phase 1"))
-    assert plan_deployment(case.plan_input()).activation_gib == pytest.approx(1.04, rel=0.10)
+    plan = plan_deployment(case.plan_input())
+    assert plan.activation_gib == pytest.approx(1.04, rel=0.10)
+    assert plan.compile_scratch_gib > 0
+    assert any("cold torch.compile scratch" in n for n in plan.notes)
+    # --enforce-eager turns torch.compile off (-cc.mode=none): no scratch, no graphs
+    eager = plan_deployment(replace(case.plan_input(), enforce_eager=True))
+    assert eager.compile_scratch_gib == 0
+    assert eager.activation_gib == pytest.approx(plan.activation_gib - plan.compile_scratch_gib)
+    # the V1 runner's cases (0.6-0.21) were set without it and do not carry it
+    v1 = plan_deployment(replace(case.plan_input(), runner="V1"))
+    assert v1.compile_scratch_gib == 0
 
 
-def test_kv_tokens_within_5_percent_on_average() -> None:
+def test_graph_capture_room_of_the_wsl2_pair() -> None:
+    # akiyax/kvcache-lab, RTX 4080 under WSL2, vLLM 0.26 (V2 runner: graphs not deducted).
+    # Both starts had ~0.3 GiB free beyond the budget for capture: the DeepSeek one died in
+    # capture, the Qwen one captured 0.48 GiB and went on. A warning with the numbers, not a
+    # fails; a larger utilization's room shrinks, a smaller one's is enough.
+    ds85, ds80 = (c for c in CASES if c.source.startswith("akiyax/kvcache-lab MLA"))
+    short = plan_deployment(ds85.plan_input())
+    assert short.capture_room_gib == pytest.approx(0.29, abs=0.01)
+    assert short.capture_short and short.fits
+    assert short.verdict == "fits, but may die capturing CUDA graphs"
+    line = short.capture_check()
+    assert line and line.startswith("short") and "0.29 GiB" in line
+    roomy = plan_deployment(ds80.plan_input())
+    assert not roomy.capture_short and roomy.verdict == "fits"
+    # where vLLM deducts its estimate (V1 runner from 0.21) there is nothing to check
+    lmcache = next(c for c in CASES if c.source.startswith("LMCache#3430"))
+    assert plan_deployment(lmcache.plan_input()).capture_room_gib is None
+
+
+def test_kv_tokens_within_5_percent_on_average_and_15_at_worst() -> None:
     errors = [abs(e) for c in CASES if (e := c.kv_error()) is not None]
     assert len(errors) >= 10
     assert sum(errors) / len(errors) < 0.05, errors
+    assert max(errors) < 0.15, errors
 
 
 def test_failing_case_names_the_largest_context_that_fits() -> None:

@@ -64,6 +64,7 @@ def plan_to_dict(plan: DeploymentPlan) -> dict:
     data = dataclasses.asdict(plan)
     data["headroom_gib"] = round(plan.headroom_gib, 3)
     data["verdict"] = plan.verdict
+    data["capture_short"] = plan.capture_short
     if plan.startup is not None:
         data["startup"] |= {
             "held_gib": round(plan.startup.held_gib, 3),
@@ -445,7 +446,12 @@ def _print_plan(p: DeploymentPlan, in_service: tuple[str, Drift] | None = None) 
         (
             "activation",
             f"{p.activation_gib:.2f} GiB (profile pass of "
-            f"{p.max_num_batched_tokens} tokens, {p.max_num_seqs} seqs)",
+            f"{p.max_num_batched_tokens} tokens, {p.max_num_seqs} seqs"
+            + (
+                f"; cold torch.compile scratch {p.compile_scratch_gib:.2f})"
+                if p.compile_scratch_gib
+                else ")"
+            ),
         ),
         (
             "overhead",
@@ -485,6 +491,10 @@ def _print_plan(p: DeploymentPlan, in_service: tuple[str, Drift] | None = None) 
     if p.startup is not None:
         color = "green" if p.startup.passes else ("red" if p.startup.certain else "yellow")
         rows.append((f"[{color}]start-up check[/]", p.startup.describe()))
+    capture = p.capture_check()
+    if capture is not None:
+        color = "yellow" if p.capture_short else "green"
+        rows.append((f"[{color}]graph capture[/]", capture))
     if in_service is not None:
         release, d = in_service
         text = f"release {release}: {d.describe()}"

@@ -107,4 +107,14 @@ def plan_problems(fleet: Fleet) -> list[Problem]:
                     level="error" if check.certain else "warning",
                 )
             )
+        if plan.capture_short:
+            problems.append(
+                Problem(
+                    f"{where}.gpu_memory_utilization",
+                    "CUDA-graph capture may fail: " + (plan.capture_check() or ""),
+                    f"lower gpu_memory_utilization to leave {plan.capture_gib:.2f} GiB beyond "
+                    "the budget, or set enforce_eager: true",
+                    level="warning",
+                )
+            )
     return problems

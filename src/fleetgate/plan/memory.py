@@ -145,6 +145,16 @@ class DeploymentPlan:
     startup: StartupCheck | None = None  # vLLM's free-memory check at start-up
     kv_fits: bool = True  # the memory verdict alone (fits: this and a start-up check that
     # passes or only likely fails, the desktop's share being an estimate)
+    compile_scratch_gib: float = 0.0  # cold torch.compile scratch, part of activation_gib
+    # CUDA graphs captured AFTER the KV cache is sized, where vLLM does not deduct them: what
+    # capture needs, and the room it has (free at start-up minus the budget); None: deducted
+    capture_gib: float = 0.0
+    capture_room_gib: float | None = None
+
+    @property
+    def capture_short(self) -> bool:
+        """The graphs captured after sizing need more than the memory left beyond the budget."""
+        return self.capture_room_gib is not None and self.capture_gib > self.capture_room_gib
 
     @property
     def verdict(self) -> str:
@@ -153,7 +163,20 @@ class DeploymentPlan:
             return "does NOT fit"
         if self.startup is not None and not self.startup.passes:
             return "will NOT start" if self.startup.certain else "fits, but will likely NOT start"
+        if self.capture_short:
+            return "fits, but may die capturing CUDA graphs"
         return "fits"
+
+    def capture_check(self) -> str | None:
+        """The graph-capture room as one line, where capture comes out of the headroom."""
+        if self.capture_room_gib is None:
+            return None
+        verdict = "short" if self.capture_short else "enough"
+        return (
+            f"{verdict}: CUDA graphs (~{self.capture_gib:.2f} GiB) are captured after the KV "
+            f"cache fills the budget, from what is free beyond it: ~{self.capture_room_gib:.2f} "
+            "GiB (free at start-up minus the budget)"
+        )
 
     @property
     def headroom_gib(self) -> float:
@@ -371,6 +394,14 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     budget = spec.gpu_memory_gib * util
     weights = (spec.model.weight_bytes or weight_bytes(arch, quant)) / tp / GIB
     activation = activation_bytes(arch, batched, seqs, tp, rules) / GIB
+    compile_scratch = 0.0 if spec.enforce_eager else rules.compile_scratch_gib
+    if compile_scratch:
+        activation += compile_scratch
+        notes.append(
+            f"activation includes {compile_scratch:.2f} GiB of cold torch.compile scratch: the "
+            "profile run is the model's first compiled call (a container without a warm "
+            "~/.cache/vllm pays it at every start)"
+        )
     non_torch = rules.non_torch_gib
     if rules.nccl_in_budget:
         non_torch += nccl_gib(spec)
@@ -378,6 +409,8 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     if not spec.enforce_eager and rules.graphs != "none":
         graph_estimate = cuda_graph_bytes(arch, seqs, batched, tp, rules, sm100=sm100) / GIB
     deducted = graph_estimate if rules.graphs_deducted and not spec.enforce_eager else 0.0
+    # graphs vLLM captures after sizing without deducting them come out of the headroom
+    capture = graph_estimate if not rules.graphs_deducted else 0.0
     if rules.graphs == "zero (V2 runner)" and not spec.enforce_eager:
         graph_estimate = 0.0
         notes.append(
@@ -426,6 +459,10 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         nccl_gib=0.0 if rules.nccl_in_budget else nccl_gib(spec),
     )
     refused = not startup.passes and startup.certain
+    capture_room = None
+    if capture > 0 and rules.runner != "V0" and spec.kv_cache_memory_bytes is None:
+        # the KV cache fills the budget; capture has what was free at start-up beyond it
+        capture_room = startup.free_gib - budget
     fallback = None
     if chosen.kv_bytes_per_token < kv_bytes_per_token(arch, "auto", tp):
         fallback = _kv_option(kv_gib, arch, "auto", tp, max_model_len, chunk, pages)
@@ -467,4 +504,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         state_pages=pages,
         startup=startup,
         kv_fits=kv_fits,
+        compile_scratch_gib=round(compile_scratch, 3),
+        capture_gib=round(capture, 3),
+        capture_room_gib=None if capture_room is None else round(capture_room, 3),
     )

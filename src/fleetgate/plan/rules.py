@@ -43,6 +43,20 @@ _V2_ALL_FROM: Version = (0, 29)
 # may skip top-k/top-p and keeps only the logits and their float32 copy (6).
 _SAMPLER_BYTES = {"V0": 36.0, "V1": 15.0, "V1-twice": 18.0, "V2": 6.0}
 
+# Cold torch.compile scratch in the V2 runner's profile peak. The profile run is the model's
+# first call, so it is where torch.compile traces, compiles and first runs the model
+# (``gpu_worker.py``: "a profile run which compiles the model for max_num_batched_tokens";
+# the V2 runner's ``execute_model`` only skips CUDA graphs for it, ``need_eager=is_profile``;
+# ``--enforce-eager`` sets ``-cc.mode=none`` and removes it). vLLM charges the allocator's peak
+# over that call (``allocated_bytes.all.peak`` minus the level before it), so the first run's
+# transient allocations count. The V2 runner's own profile buffers are small (its sampler works
+# in place; Gumbel sampling is a blockwise Triton kernel), yet its logged peaks on consumer
+# cards are ~0.7 GiB above the model's live tensors (0.26: 1.04 GiB measured where the layer
+# tensors and logits give 0.37) whatever the model's width (Qwen3-0.6B and Qwen2.5-7B alike).
+# The size comes from those logs, not from the source; a warm compile cache (a restart that
+# mounts ~/.cache/vllm) does not pay it, but fleetgate's containers start with an empty one.
+COLD_COMPILE_SCRATCH_GIB = 0.70
+
 
 @dataclass(frozen=True)
 class MemoryRules:
@@ -61,6 +75,7 @@ class MemoryRules:
     sliding_inflight: int  # mnbt chunks a sliding-window layer holds beyond its window
     cap_sm100: int  # largest CUDA-graph capture size on data-centre Blackwell
     capture_max_num_seqs: bool  # from 0.31 max_num_seqs is captured when off the grid
+    compile_scratch_gib: float  # cold torch.compile scratch in the profile peak (V2 runner)
 
     @property
     def graphs_deducted(self) -> bool:
@@ -163,6 +178,7 @@ def memory_rules_for(
         sliding_inflight=2 if v >= (0, 26) else 1,
         cap_sm100=1024 if v >= (0, 28) else 512,
         capture_max_num_seqs=v >= (0, 31),
+        compile_scratch_gib=COLD_COMPILE_SCRATCH_GIB if chosen == "V2" else 0.0,
     )
 
 
