@@ -118,7 +118,7 @@ def test_troubleshooting_numbers_match_the_planner() -> None:
     """The fp16 fallback figures quoted in troubleshooting.md are the planner's."""
     result = CliRunner().invoke(app, ["plan", str(ROOT / "examples/homelab/fleet.yaml")])
     text = (ROOT / "docs" / "troubleshooting.md").read_text()
-    for figure in ("72,208", "36,096", "25,392", "12,688"):
+    for figure in ("72,192", "36,096", "25,376", "12,688"):
         assert figure in text and figure in result.output, figure
 
 

@@ -251,8 +251,8 @@ def test_a_v2_runner_log_planned_beside_it() -> None:
     )
     tokens = term(out, "KV cache tokens")
     assert tokens["logged"] == 251344
-    # the calibration's remaining +10% on this log (test_plan_calibration), shown as it is
-    assert tokens["relative"] == pytest.approx(0.101, abs=0.005)
+    # the calibration's remaining +9% on this log (test_plan_calibration), shown as it is
+    assert tokens["relative"] == pytest.approx(0.090, abs=0.005)
     assert term(out, "starts")["planned"] == term(out, "starts")["logged"] == 1.0
 
 

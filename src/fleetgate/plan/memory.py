@@ -148,6 +148,7 @@ class DeploymentPlan:
     compile_scratch_gib: float = 0.0  # cold torch.compile scratch, part of activation_gib
     # CUDA graphs captured AFTER the KV cache is sized, where vLLM does not deduct them: what
     # capture needs, and the room it has (free at start-up minus the budget); None: deducted
+    runner_buffers_gib: float = 0.0  # V2 sampler buffers; in overhead_gib where counted
     capture_gib: float = 0.0
     capture_room_gib: float | None = None
 
@@ -175,7 +176,7 @@ class DeploymentPlan:
         return (
             f"{verdict}: CUDA graphs (~{self.capture_gib:.2f} GiB) are captured after the KV "
             f"cache fills the budget, from what is free beyond it: ~{self.capture_room_gib:.2f} "
-            "GiB (free at start-up minus the budget)"
+            "GiB (free at start-up, minus the budget and the buffers vLLM keeps outside it)"
         )
 
     @property
@@ -223,6 +224,14 @@ def sampler_bytes(arch: ModelArch, tokens: int, seqs: int, rules: MemoryRules) -
     """The sampler pass: one logits row per dummy request (min(tokens, seqs) rows, the full
     vocabulary, not split by tensor parallelism), at the runner's bytes per element."""
     return int(min(seqs, tokens) * arch.vocab_size * rules.sampler_bytes)
+
+
+def runner_buffer_bytes(arch: ModelArch, seqs: int, rules: MemoryRules) -> int:
+    """The V2 runner's persistent sampler buffers: penalty statistics per request slot
+    (output bin counts over the vocabulary and the prompt's bit mask, int32)."""
+    if rules.runner != "V2":
+        return 0
+    return seqs * (arch.vocab_size + math.ceil(arch.vocab_size / 32)) * 4
 
 
 def activation_bytes(
@@ -422,7 +431,8 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
             f"CUDA graphs (estimate {graph_estimate:.2f} GiB) come out of the 1 - utilization "
             "headroom: vLLM deducts them only with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1"
         )
-    overhead = non_torch + deducted
+    buffers = runner_buffer_bytes(arch, seqs, rules) / GIB
+    overhead = non_torch + deducted + (buffers if rules.runner_buffers_counted else 0.0)
     if spec.kv_cache_memory_bytes is not None:
         available = spec.kv_cache_memory_bytes / GIB
         notes.append("--kv-cache-memory-bytes: vLLM skips its memory profile and uses it as is")
@@ -463,6 +473,8 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     if capture > 0 and rules.runner != "V0" and spec.kv_cache_memory_bytes is None:
         # the KV cache fills the budget; capture has what was free at start-up beyond it
         capture_room = startup.free_gib - budget
+        if not rules.runner_buffers_counted:
+            capture_room -= buffers  # persistent, yet outside vLLM's account (0.22-0.26)
     fallback = None
     if chosen.kv_bytes_per_token < kv_bytes_per_token(arch, "auto", tp):
         fallback = _kv_option(kv_gib, arch, "auto", tp, max_model_len, chunk, pages)
@@ -505,6 +517,7 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
         startup=startup,
         kv_fits=kv_fits,
         compile_scratch_gib=round(compile_scratch, 3),
+        runner_buffers_gib=round(buffers, 3),
         capture_gib=round(capture, 3),
         capture_room_gib=None if capture_room is None else round(capture_room, 3),
     )

@@ -56,6 +56,13 @@ _SAMPLER_BYTES = {"V0": 36.0, "V1": 15.0, "V1-twice": 18.0, "V2": 6.0}
 # The size comes from those logs, not from the source; a warm compile cache (a restart that
 # mounts ~/.cache/vllm) does not pay it, but fleetgate's containers start with an empty one.
 COLD_COMPILE_SCRATCH_GIB = 0.70
+# The V2 runner's sampler keeps penalty statistics for every request slot, allocated after the
+# weights are measured and before the profile (``gpu/sample/penalties.py``: output_bin_counts
+# [max_num_reqs, vocab] int32 and prompt_bin_mask [max_num_reqs, vocab / 32] int32, "can be
+# very large, taking up GBs"). Until 0.26 vLLM's account misses them (neither weights, peak
+# nor non-torch): they sit outside the budget. From 0.27 it charges the device-wide drop in
+# free memory since its first snapshot (``utils/mem_utils.py`` total_consumed): inside it.
+V2_BUFFERS_COUNTED_FROM: Version = (0, 27)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class MemoryRules:
     cap_sm100: int  # largest CUDA-graph capture size on data-centre Blackwell
     capture_max_num_seqs: bool  # from 0.31 max_num_seqs is captured when off the grid
     compile_scratch_gib: float  # cold torch.compile scratch in the profile peak (V2 runner)
+    runner_buffers_counted: bool  # the V2 runner's persistent buffers inside the budget
 
     @property
     def graphs_deducted(self) -> bool:
@@ -179,6 +187,7 @@ def memory_rules_for(
         cap_sm100=1024 if v >= (0, 28) else 512,
         capture_max_num_seqs=v >= (0, 31),
         compile_scratch_gib=COLD_COMPILE_SCRATCH_GIB if chosen == "V2" else 0.0,
+        runner_buffers_counted=chosen == "V2" and v >= V2_BUFFERS_COUNTED_FROM,
     )
 
 
