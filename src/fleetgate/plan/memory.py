@@ -147,7 +147,8 @@ class DeploymentPlan:
     # passes or only likely fails, the desktop's share being an estimate)
     compile_scratch_gib: float = 0.0  # cold torch.compile scratch, part of activation_gib
     # CUDA graphs captured AFTER the KV cache is sized, where vLLM does not deduct them: what
-    # capture needs, and the room it has (free at start-up minus the budget); None: deducted
+    # capture needs, and the room it has (free at start-up minus the budget); None: not
+    # checked (deducted, eager, or the start-up check already fails)
     runner_buffers_gib: float = 0.0  # V2 sampler buffers; in overhead_gib where counted
     capture_gib: float = 0.0
     capture_room_gib: float | None = None
@@ -470,8 +471,14 @@ def plan_deployment(spec: PlanInput) -> DeploymentPlan:
     )
     refused = not startup.passes and startup.certain
     capture_room = None
-    if capture > 0 and rules.runner != "V0" and spec.kv_cache_memory_bytes is None:
-        # the KV cache fills the budget; capture has what was free at start-up beyond it
+    # the KV cache fills the budget; capture has what was free at start-up beyond it (checked
+    # when the start-up check passes: a start it refuses never reaches capture)
+    if (
+        capture > 0
+        and startup.passes
+        and rules.runner != "V0"
+        and spec.kv_cache_memory_bytes is None
+    ):
         capture_room = startup.free_gib - budget
         if not rules.runner_buffers_counted:
             capture_room -= buffers  # persistent, yet outside vLLM's account (0.22-0.26)
