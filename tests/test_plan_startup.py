@@ -135,3 +135,38 @@ def test_ad_hoc_plan_takes_the_host_os() -> None:
     assert result.exit_code == 1
     [windows] = json.loads(result.stdout)
     assert windows["verdict"] == "will NOT start" and windows["startup"]["max_utilization"] == 0.88
+
+
+def _v026_fleet(tmp_path: Path, util: float) -> Path:
+    # the V2 runner of 0.26 serves a dense Qwen2 and does not deduct its CUDA graphs
+    path = tmp_path / f"fleet-{util}.yaml"
+    path.write_text(
+        "hosts:\n  box:\n    os: linux\n    gpus: [RTX 3060 12GB]\n"
+        "deployments:\n  main:\n    host: box\n    model: Qwen/Qwen2.5-7B-Instruct-AWQ\n"
+        f"    max_model_len: 8192\n    gpu_memory_utilization: {util}\n"
+        "    image: vllm/vllm-openai:v0.26.0\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_graph_capture_room_is_a_warning_in_plan_and_validate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    tight = _v026_fleet(tmp_path, 0.96)
+    planned = runner.invoke(app, ["plan", str(tight), "--json"])
+    assert planned.exit_code == 0, planned.output
+    [p] = json.loads(planned.stdout)
+    assert (p["model_runner"], p["cudagraph_term"]) == ("V2", "zero (V2 runner)")
+    assert p["verdict"] == "fits, but may die capturing CUDA graphs" and p["capture_short"]
+    assert p["capture_gib"] > p["capture_room_gib"]
+    validated = runner.invoke(app, ["validate", str(tight)])
+    assert validated.exit_code == 0
+    flat = " ".join(validated.output.split())
+    assert "CUDA-graph capture may fail" in flat and "enforce_eager" in flat
+    text = " ".join(runner.invoke(app, ["plan", str(tight)]).output.split())
+    assert "graph capture short: CUDA graphs" in text
+    # with more headroom the capture has room
+    roomy = json.loads(
+        runner.invoke(app, ["plan", str(_v026_fleet(tmp_path, 0.9)), "--json"]).stdout
+    )
+    assert roomy[0]["verdict"] == "fits" and not roomy[0]["capture_short"]
