@@ -456,7 +456,11 @@ def _print_plan(p: DeploymentPlan, in_service: tuple[str, Drift] | None = None) 
         (
             "overhead",
             f"{p.overhead_gib:.2f} GiB (non-torch {p.non_torch_gib:.2f}; "
-            + (f"V2 sampler buffers {p.runner_buffers_gib:.2f}; " if p.runner_buffers_gib else "")
+            + (
+                f"V2 sampler buffers {p.runner_buffers_gib:.2f}; "
+                if p.runner_buffers_gib >= 0.005
+                else ""
+            )
             + "CUDA graphs "
             f"{p.cudagraph_gib:.2f}, {p.cudagraph_term})",
         ),
