@@ -252,7 +252,7 @@ def test_unpinned_image_is_refused(image: str) -> None:
     [
         "vllm/vllm-openai:v0.32.0",
         "registry.lan:5000/vllm-openai:v0.32.0",
-        "vllm/vllm-openai@sha256:0123456789abcdef",
+        "vllm/vllm-openai@sha256:" + "0123456789abcdef" * 4,
     ],
 )
 def test_pinned_images_pass(image: str) -> None:

@@ -1,17 +1,33 @@
 """The fleet file's schema.
 
 Every other layer takes a validated :class:`Fleet`; nothing downstream re-reads YAML.
+
+The rendered scripts run on the owner's machines, so a value is refused here unless it is what
+its field means: no string holds a control character (a newline would end the comment or line
+it is written into), an address, user or path never starts with ``-`` (ssh and every other
+command would read it as an option), and images, env var names, hostnames and paths have their
+own shapes (:mod:`fleetgate.fleetfile.values`). Rendering still quotes every value for its
+dialect; these rules are the first of two walls, not the only one.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetgate.fleetfile.envrefs import lone_env_ref
 from fleetgate.fleetfile.gpus import Architecture, GpuModel, lookup_gpu
+from fleetgate.fleetfile.values import (
+    Address,
+    EnvName,
+    HostPath,
+    ImageRef,
+    ModelId,
+    UserName,
+    refuse_control_characters,
+)
 
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 Quantization = Literal["none", "awq", "gptq", "int8", "fp8", "bitsandbytes"]
@@ -21,6 +37,12 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """Every string of the fleet file, in every model, list and mapping (keys too)."""
+        return refuse_control_characters(value)
 
 
 class Gpu(_Strict):
@@ -65,19 +87,19 @@ class Gpu(_Strict):
 
 
 class Ssh(_Strict):
-    user: str | None = None
+    user: UserName | None = None
     port: Port = 22
-    identity_file: str | None = None
+    identity_file: HostPath | None = None
 
 
 class Host(_Strict):
     """A machine: where it is, how to reach it, what GPUs it has."""
 
-    address: str = "127.0.0.1"
+    address: Address = "127.0.0.1"
     os: Literal["linux", "windows"] = "linux"
     transport: Literal["local", "ssh"] = "ssh"
     ssh: Ssh = Ssh()
-    workdir: str | None = Field(
+    workdir: HostPath | None = Field(
         default=None, description="where releases live on the host; default ~/fleetgate"
     )
     fleetgate_bin: str | None = Field(
@@ -100,8 +122,8 @@ class Deployment(_Strict):
 
     host: Name
     port: Port = 8000
-    model: str = Field(min_length=1, description="Hugging Face id")
-    model_path: str | None = Field(default=None, description="a local model directory")
+    model: ModelId = Field(description="Hugging Face id")
+    model_path: HostPath | None = Field(default=None, description="a local model directory")
     quantization: Quantization | None = Field(
         default=None, description="None: detected from the model id (AWQ, GPTQ, ...)"
     )
@@ -115,14 +137,14 @@ class Deployment(_Strict):
     tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
     dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     extra_args: list[str] = []
-    env: dict[str, str] = {}
-    image: str = "vllm/vllm-openai:v0.32.0"
+    env: dict[EnvName, str] = {}
+    image: ImageRef = "vllm/vllm-openai:v0.32.0"
     runtime: Literal["docker", "process"] = "docker"
-    python: str | None = Field(
+    python: HostPath | None = Field(
         default=None,
         description="runtime: process: the python that has vLLM installed; default python3",
     )
-    hf_cache: str | None = Field(default=None, description="default ~/.cache/huggingface")
+    hf_cache: HostPath | None = Field(default=None, description="default ~/.cache/huggingface")
 
     @field_validator("image")
     @classmethod
@@ -194,7 +216,7 @@ class Gateway(_Strict):
     """The OpenAI-compatible gateway in front of the deployments."""
 
     host: Name = Field(description="the host (from hosts:) that runs the gateway")
-    listen: str = "0.0.0.0"
+    listen: Address = "0.0.0.0"
     port: Port = 4000
     api_keys: list[ApiKey] = []
     admin_key: str | None = Field(default=None, repr=False)
