@@ -96,7 +96,9 @@ class SshTransport(Transport):
         ]
 
     def exec(self, command: str, *, stdin: bytes | None = None, timeout: float = 120) -> Result:
-        result = self._run(["ssh", *self.options, self.destination, command], stdin, timeout)
+        # `--`: a destination that starts with `-` is a host name to ssh, never an option
+        argv = ["ssh", *self.options, "--", self.destination, command]
+        result = self._run(argv, stdin, timeout)
         if result.rc == 255:  # ssh's own failure: connection, authentication, host key
             raise TransportError(f"{self.name}: {result.error}")
         return result
