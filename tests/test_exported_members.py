@@ -3,7 +3,7 @@ the package binds is listed, and the list is sorted (constants, classes, then th
 RUF022 sorts it).
 
 Packages are found by walking ``fleetgate``, so a new package or a new name needs no edit here.
-Submodules are not part of the surface: importing ``fleetgate.render.words`` anywhere binds
+Submodules are not part of the surface: importing ``fleetgate.render.quoting`` anywhere binds
 ``words`` on the package, whether or not the package means to export it.
 """
 

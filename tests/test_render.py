@@ -36,8 +36,8 @@ from fleetgate.render import (
     render_monitoring,
     source_of,
     vllm_command,
-    words,
 )
+from fleetgate.render.quoting import bash
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "homelab"
@@ -449,7 +449,7 @@ def test_process_script_runs_exactly_the_vllm_command(tmp_path: Path) -> None:
 def test_bash_word_round_trips(word: str, tmp_path: Path) -> None:
     expected = word.replace("${HOME}", str(tmp_path))
     out = subprocess.run(
-        ["bash", "-c", f"printf %s {words.sh(word)}"],
+        ["bash", "-c", f"printf %s {bash.word(word)}"],
         capture_output=True,
         text=True,
         env={**os.environ, "HOME": str(tmp_path)},

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from fleetgate.fleetfile.envrefs import ENV_REF
+
 # Cc: C0, DEL and C1 controls (newline, carriage return, tab, escape, NEL, ...);
 # Zl, Zp: the Unicode line and paragraph separators; Cs: lone surrogates (not encodable).
 _CONTROL_CATEGORIES = {"Cc", "Zl", "Zp", "Cs"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetgate.render import words
+from fleetgate.render.quoting import bash
 from fleetgate.render.scripts import (
     STOP_TIMEOUT_S,
     template,
@@ -10,11 +10,13 @@ from fleetgate.render.scripts import (
     workdir_of,
     yaml_text,
 )
-from fleetgate.render.source import Source, gateway_hash, header
+from fleetgate.render.source import Source, gateway_hash, header, header_lines
 
 DEFAULT_FLEETGATE_BIN = "/usr/local/bin/fleetgate"  # where systemd units expect fleetgate
 GATEWAY_DIR = "gateway"  # the gateway's directory inside a release
 GATEWAY_SCRIPT = "start-gateway.sh"
+# The gateway's config, beside the script that starts it (bash written here, not a value).
+_CONFIG_HERE = bash.Code('"$(cd "$(dirname "$SELF")" && pwd -P)/fleet.yaml"')
 
 
 def gateway_files(source: Source) -> dict[str, str]:
@@ -24,46 +26,44 @@ def gateway_files(source: Source) -> dict[str, str]:
     gw = fleet.gateway
     host = fleet.hosts[gw.host]
     digest = gateway_hash(source)
-    head = header(source, "gateway", digest)
+    head = header_lines(source, "gateway", digest)
     workdir = workdir_of(fleet, gw.host)
-    serve = ["serve", "{config}", "--host", gw.listen, "--port", str(gw.port)]
+    options = ["--host", gw.listen, "--port", str(gw.port)]
     fleetgate_bin = host.fleetgate_bin or "fleetgate"  # the script: the ssh PATH's by default
-    config_here = '"$(cd "$(dirname "$SELF")" && pwd -P)/fleet.yaml"'
     script = template(
         "process.sh.j2",
         header=head,
         what="the fleetgate gateway",
         script=GATEWAY_SCRIPT,
         name="gateway",
-        state_dir=words.sh_path(workdir),
-        state_dir_text=workdir,
+        state_dir=workdir,
         env=[],
-        argv=[f'"${{FLEETGATE_BIN:-{fleetgate_bin}}}"']
-        + [config_here if a == "{config}" else words.sh(a) for a in serve],
+        argv=[
+            [bash.Code(bash.fallback("FLEETGATE_BIN", fleetgate_bin))],
+            ["serve"],
+            [_CONFIG_HERE],
+            *([option] for option in options),
+        ],
         stop_timeout_s=max(STOP_TIMEOUT_S, gw.stop_timeout_s),
     )
     unit_dir, paths_note = unit_workdir(host)
-    config_path = words.systemd(unit_dir + f"/current/{GATEWAY_DIR}/fleet.yaml")
     unit_bin = host.fleetgate_bin or DEFAULT_FLEETGATE_BIN
     bin_note = (
-        f"# Runs fleetgate from {unit_bin}"
+        f"Runs fleetgate from {unit_bin}"
         + ("" if host.fleetgate_bin else " (set `fleetgate_bin:` for this host to change it)")
         + "."
     )
     unit = template(
         "gateway.service.j2",
-        header=head + "\n" + paths_note + "\n" + bin_note,
+        header=[*head, *paths_note, bin_note],
         fleet=fleet.name,
         user=host.ssh.user,
-        env_file=words.systemd(unit_dir + "/env"),
+        env_file=unit_dir + "/env",
         stop_timeout_s=gw.stop_timeout_s,
-        exec_start=" ".join(
-            [words.systemd(unit_bin)]
-            + [config_path if a == "{config}" else words.systemd(a) for a in serve]
-        ),
+        exec_start=[unit_bin, "serve", f"{unit_dir}/current/{GATEWAY_DIR}/fleet.yaml", *options],
     )
     return {
-        "fleet.yaml": head + "\n" + yaml_text(source.raw),
+        "fleet.yaml": header(source, "gateway", digest) + "\n" + yaml_text(source.raw),
         GATEWAY_SCRIPT: script,
         "fleetgate-gateway.service": unit,
     }

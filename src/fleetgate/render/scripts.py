@@ -1,13 +1,14 @@
 """Launch scripts and units: the shared machinery, and each vLLM deployment's files.
 
 Every value from the fleet file reaches a script through the quoting of that script's dialect
-(``words``); the templates only place already-quoted words.
+(``fleetgate.render.quoting``), applied by the templates' filters: the renderers hand the
+templates raw values, and each ``{{ ... }}`` of a template ends in its dialect's filter
+(``tests/test_render_hostile.py`` checks that no template prints a value unquoted).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import PurePosixPath
 from typing import Any
@@ -16,22 +17,42 @@ import jinja2
 import yaml
 
 from fleetgate.fleetfile import Fleet, Host, has_env_refs
-from fleetgate.render import words
-from fleetgate.render.source import Source, deployment_hash, header
+from fleetgate.render.quoting import bash, compose, powershell, systemd
+from fleetgate.render.source import Source, deployment_hash, header, header_lines
 from fleetgate.render.vllm import CONTAINER_MODEL_DIR, VllmCommand, vllm_command
 
 DEFAULT_WORKDIR = "~/fleetgate"
 STOP_TIMEOUT_S = 30
 
+# Each template's filters, by dialect: the only way a template prints a value.
+FILTERS: dict[str, Callable[..., str]] = {
+    "sh": bash.word,
+    "sh_literal": bash.literal,
+    "sh_path": bash.path,
+    "sh_words": bash.words,
+    "sh_comment": bash.comment,
+    "ps": powershell.word,
+    "ps_path": powershell.path,
+    "ps_items": powershell.items,
+    "ps_comment": powershell.comment,
+    "unit_exec": systemd.exec_line,
+    "unit_env": lambda pair: systemd.assignment(*pair),
+    "unit_value": systemd.value,
+    "unit_path": systemd.path,
+    "unit_comment": systemd.comment,
+}
+
 
 @cache
 def _templates() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("fleetgate.render", "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters.update(FILTERS)
+    return env
 
 
 def template(template: str, **context: Any) -> str:
@@ -49,8 +70,8 @@ def workdir_of(fleet: Fleet, host: str) -> str:
     return fleet.hosts[host].workdir or DEFAULT_WORKDIR
 
 
-def unit_workdir(host: Host) -> tuple[str, str]:
-    """The workdir as an absolute path for a system unit, and a header line saying where from.
+def unit_workdir(host: Host) -> tuple[str, list[str]]:
+    """The workdir as an absolute path for a system unit, and header lines saying where from.
 
     A system unit's ``%h`` is the service manager's home (/root) even with ``User=``, so ``~`` is
     resolved here: to the ssh user's conventional home (the unit runs as that user, or as root
@@ -58,66 +79,41 @@ def unit_workdir(host: Host) -> tuple[str, str]:
     """
     workdir = host.workdir or DEFAULT_WORKDIR
     if workdir.startswith("/"):
-        return workdir, f"# Paths are under the host's workdir {workdir} (from the fleet file)."
+        return workdir, [f"Paths are under the host's workdir {workdir} (from the fleet file)."]
     user = host.ssh.user
     home = "/root" if user in (None, "root") else f"/home/{user}"
     relative = workdir[1:].lstrip("/") if workdir.startswith("~") else workdir
     path = str(PurePosixPath(home, relative))
     who = f"ssh user {user}" if user else "root (no ssh user is named: the unit runs as root)"
-    return path, (
-        f"# Paths assume {home} as the home of {who};\n"
-        "# an absolute `workdir:` for this host in the fleet file overrides it."
-    )
+    return path, [
+        f"Paths assume {home} as the home of {who};",
+        "an absolute `workdir:` for this host in the fleet file overrides it.",
+    ]
 
 
-def _paired(args: list[str], quote: Callable[[str], str], sep: str = " ") -> list[str]:
-    """Quoted words, one line per flag with its value, for readable scripts."""
-    lines: list[str] = []
+def _paired(args: list[str]) -> list[list[str]]:
+    """One line per flag with its value, for readable scripts."""
+    lines: list[list[str]] = []
     i = 0
     while i < len(args):
         word = args[i]
         if word.startswith("-") and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            lines.append(quote(word) + sep + quote(args[i + 1]))
+            lines.append([word, args[i + 1]])
             i += 2
         else:
-            lines.append(quote(word))
+            lines.append([word])
             i += 1
     return lines
 
 
-@dataclass(frozen=True)
-class _Shell:
-    """One launch-script language: its template and how it quotes words, paths and options."""
-
-    template: str
-    script: str
-    word: Callable[[str], str]
-    path: Callable[[str], str]
-    sep: str  # between a flag and its value on one line of an argument list
-    option: Callable[[str, str], str]  # one docker option (flag, value) as a list item
-
-
-_BASH = _Shell(
-    "docker.sh.j2",
-    "start-vllm.sh",
-    words.sh,
-    words.sh_path,
-    " ",
-    lambda flag, value: f"{flag} {words.sh(value)}",
-)
-_POWERSHELL = _Shell(
-    "docker.ps1.j2",
-    "Start-VLLM.ps1",
-    words.ps,
-    words.ps_path,
-    ", ",
-    lambda flag, value: f"@('{flag}', {words.ps(value)})",
-)
+# A deployment's launch script per OS: (template, file name).
+_BASH = ("docker.sh.j2", "start-vllm.sh")
+_POWERSHELL = ("docker.ps1.j2", "Start-VLLM.ps1")
 
 
 def launch_script(os: str) -> str:
     """The file name of a deployment's launch script on a host of this OS."""
-    return (_POWERSHELL if os == "windows" else _BASH).script
+    return (_POWERSHELL if os == "windows" else _BASH)[1]
 
 
 def vllm_files(source: Source, name: str) -> dict[str, str]:
@@ -127,65 +123,67 @@ def vllm_files(source: Source, name: str) -> dict[str, str]:
     host = fleet.hosts[dep.host]
     command = vllm_command(fleet, name)
     digest = deployment_hash(source, name)
-    head = header(source, f"deployment {name}", digest)
+    head = header_lines(source, f"deployment {name}", digest)
     workdir = workdir_of(fleet, dep.host)
     files = {
-        "vllm-args.txt": head + "\n" + "\n".join(command.serve_args()) + "\n",
+        "vllm-args.txt": header(source, f"deployment {name}", digest)
+        + "\n"
+        + "\n".join(command.serve_args())
+        + "\n",
     }
     if dep.runtime == "process":
         python = dep.python or "python3"
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", *command.api_server_args()]
-        files[_BASH.script] = template(
+        files[_BASH[1]] = template(
             "process.sh.j2",
             header=head,
             what=f"vLLM deployment {name}",
-            script=_BASH.script,
-            name=words.sh(f"vllm-{name}"),
-            state_dir=words.sh_path(workdir),
-            state_dir_text=workdir,
-            env=[(k, words.sh(v)) for k, v in command.env],
-            argv=_paired(argv, words.sh),
+            script=_BASH[1],
+            name=f"vllm-{name}",
+            state_dir=workdir,
+            env=list(command.env),
+            argv=_paired(argv),
             stop_timeout_s=STOP_TIMEOUT_S,
         )
         literal_env = [(k, v) for k, v in command.env if not has_env_refs(v)]
         unit_dir, paths_note = unit_workdir(host)
         files["vllm.service"] = template(
             "vllm.service.j2",
-            header=head + "\n" + paths_note,
+            header=head + paths_note,
             name=name,
             served=dep.public_name(name),
             user=host.ssh.user,
-            env_file=words.systemd(unit_dir + "/env"),
-            environment=[words.systemd(f"{k}={v}") for k, v in literal_env],
-            exec_start=" ".join(words.systemd(a) for a in argv),
+            env_file=unit_dir + "/env",
+            environment=literal_env,
+            exec_start=argv,
             stop_timeout_s=STOP_TIMEOUT_S,
         )
         return files
 
-    container = f"fleetgate-{name}"
     hf_cache = dep.hf_cache or "~/.cache/huggingface"
     mount = f"{dep.model_path}:{CONTAINER_MODEL_DIR}/{name}:ro" if dep.model_path else None
     docker_options = [("-e", f"{k}={v}") for k, v in command.env]
     if mount:
         docker_options.append(("-v", mount))
-    for shell in (_BASH, _POWERSHELL):
-        files[shell.script] = template(
-            shell.template,
+    for template_name, script in (_BASH, _POWERSHELL):
+        files[script] = template(
+            template_name,
             header=head,
-            script=shell.script,
+            script=script,
             name=name,
-            name_word=shell.word(name),
-            container_word=shell.word(container),
+            container=f"fleetgate-{name}",
             image=dep.image,
-            image_word=shell.word(dep.image),
-            state_dir=shell.path(workdir),
-            state_dir_text=workdir,
-            hf_cache=shell.path(hf_cache),
+            state_dir=workdir,
+            hf_cache=hf_cache,
             port=dep.port,
-            args=_paired(command.serve_args(), shell.word, shell.sep),
-            docker_options=[shell.option(flag, value) for flag, value in docker_options],
+            args=_paired(command.serve_args()),
+            docker_options=docker_options,
         )
-    files["compose.yaml"] = head + "\n" + _compose(name, dep.image, command, hf_cache, mount)
+    files["compose.yaml"] = (
+        header(source, f"deployment {name}", digest)
+        + "\n"
+        + _compose(name, dep.image, command, hf_cache, mount)
+    )
     return files
 
 
@@ -200,9 +198,9 @@ def _compose(name: str, image: str, command: VllmCommand, hf_cache: str, mount: 
         "restart": "unless-stopped",
         "ipc": "host",
         "ports": [f"{dep_port}:{dep_port}"],
-        "volumes": [words.compose(v) for v in volumes],
-        "environment": ["HF_TOKEN", *(words.compose(f"{k}={v}") for k, v in command.env)],
-        "command": [words.compose(a) for a in command.serve_args()],
+        "volumes": [compose.word(v) for v in volumes],
+        "environment": ["HF_TOKEN", *(compose.word(f"{k}={v}") for k, v in command.env)],
+        "command": [compose.word(a) for a in command.serve_args()],
         "deploy": {
             "resources": {
                 "reservations": {

@@ -16,6 +16,7 @@ from typing import Any
 from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet, LoadedFleet, has_env_refs
 from fleetgate.fleetfile.load import interpolate
+from fleetgate.render.quoting.common import one_line
 
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|SECRET|PASSWORD)($|_)", re.IGNORECASE)
 
@@ -98,10 +99,16 @@ def gateway_hash(source: Source) -> str:
     return settings_hash({k: source.raw.get(k) for k in keys})
 
 
+def header_lines(source: Source, what: str, digest: str) -> list[str]:
+    """The first lines of every rendered file, without their comment marker: where it came
+    from, and not to edit it. Each template writes them as its dialect's comments."""
+    return [
+        f"Rendered by fleetgate from {source.fleet_file} ({what}); settings sha256:{digest}.",
+        "Do not edit: change the fleet file and render again.",
+    ]
+
+
 def header(source: Source, what: str, digest: str, comment: str = "#") -> str:
-    """The first lines of every rendered text file: where it came from, and not to edit it."""
-    return (
-        f"{comment} Rendered by fleetgate from {source.fleet_file} ({what}); "
-        f"settings sha256:{digest}.\n"
-        f"{comment} Do not edit: change the fleet file and render again."
-    )
+    """:func:`header_lines` as ``#`` comments, for the files that are not templates (YAML,
+    the argument list): each line kept one line, whatever the file name holds."""
+    return "\n".join(f"{comment} {one_line(line)}" for line in header_lines(source, what, digest))
