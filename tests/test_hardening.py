@@ -6,15 +6,23 @@ rendered script or unit as syntax, or reached a program as an option.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
+import subprocess
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tests.support.powershell import as_powershell_reads, parse_errors, verbatim_strings
 
-from fleetgate.deploy import SshTransport, TransportError
+from fleetgate.deploy import SshTransport, Transport, TransportError, host_ops
+from fleetgate.deploy.hostops import pack
+from fleetgate.deploy.transport import Result
 from fleetgate.fleetfile import FleetError, parse_fleet
+from fleetgate.render import Source, render_host
 
 MINIMAL = """\
     hosts:
@@ -110,3 +118,168 @@ def test_the_ssh_argv_ends_with_the_separator_destination_and_command(
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     SshTransport("box.lan", user="ops", port=2222).exec("uptime")
     assert record.read_text().splitlines()[-4:] == ["-T", "--", "ops@box.lan", "uptime"]
+
+
+# --- rendering quotes every value for its dialect, whatever the schema let through -----------
+# These render fleets changed after validation (model_copy does not validate): quoting is the
+# second wall, and must hold on its own.
+
+LINUX_DOCKER = """\
+    name: hardening
+    hosts:
+      box: {address: box.lan, ssh: {user: ops}, workdir: /srv/fg, gpus: [RTX 3090]}
+      win: {address: win.lan, os: windows, ssh: {user: ops}, workdir: C:/fg, gpus: [RTX 3090]}
+      cpu: {address: 127.0.0.1, transport: local, workdir: /srv/fg, gpus: [RTX 3090]}
+    deployments:
+      d: {host: box, model: Qwen/Qwen2.5-0.5B-Instruct, max_model_len: 2048}
+      w: {host: win, model: Qwen/Qwen2.5-0.5B-Instruct, max_model_len: 2048}
+      p:
+        host: cpu
+        model: Qwen/Qwen2.5-0.5B-Instruct
+        max_model_len: 2048
+        runtime: process
+        python: /bin/true
+    gateway: {host: box, port: 4000}
+"""
+
+
+def source_with(changes: dict[tuple[str, ...], object]) -> Source:
+    """The fleet above with values set after validation, at dotted paths into the models."""
+    loaded = parse_fleet(textwrap.dedent(LINUX_DOCKER), env={}, strict_env=False)
+    fleet = loaded.fleet
+    for path, value in changes.items():
+        fleet = _set(fleet, path, value)
+    return Source(fleet=fleet, raw=loaded.raw, fleet_file="fleet.yaml")
+
+
+def _set(model: Any, path: tuple[str, ...], value: object) -> Any:
+    head, *rest = path
+    if isinstance(model, dict):
+        return {**model, head: _set(model[head], tuple(rest), value) if rest else value}
+    child = getattr(model, head)
+    return model.model_copy(update={head: _set(child, tuple(rest), value) if rest else value})
+
+
+def files_of(source: Source) -> dict[str, str]:
+    return {f"{h}/{p}": t for h in ("box", "win", "cpu") for p, t in render_host(source, h).items()}
+
+
+def bash_ok(text: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``bash -n`` passes; then the script runs with ``args`` in an empty scratch directory."""
+    script = tmp_path / "script.sh"
+    script.write_text(text)
+    checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    return subprocess.run(
+        ["bash", str(script), *args],
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(scratch)},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "files"),
+    [
+        (("deployments", "d", "image"), ["box/d/start-vllm.sh"]),
+        (("deployments", "w", "image"), ["win/w/Start-VLLM.ps1"]),
+        (("hosts", "box", "workdir"), ["box/d/start-vllm.sh", "box/gateway/start-gateway.sh"]),
+        (("hosts", "win", "workdir"), ["win/w/Start-VLLM.ps1"]),
+        (("hosts", "cpu", "workdir"), ["cpu/p/start-vllm.sh"]),
+    ],
+)
+def test_a_newline_stays_inside_its_comment(
+    path: tuple[str, ...], files: list[str], tmp_path: Path
+) -> None:
+    """Before: ``# Runs ... (IMAGE)`` ended at the newline and the next line ran."""
+    mark = tmp_path / "pwned"
+    payload = f"vllm/vllm-openai:v1\ntouch {mark}\n#"
+    rendered = files_of(source_with({path: payload}))
+    for name in files:
+        text = rendered[name]
+        if name.endswith(".ps1"):
+            assert parse_errors(text) == [], name
+            assert payload in verbatim_strings(text), name  # a value, not a command
+        else:
+            ran = bash_ok(text, tmp_path)  # the usage path: no argument
+            assert ran.returncode == 2 and "usage:" in ran.stderr, ran.stderr
+            assert not mark.exists(), name
+
+
+def test_env_keys_are_quoted_in_the_process_script(tmp_path: Path) -> None:
+    """Before: ``export X=1; touch MARK; Y=v`` ran touch."""
+    mark = tmp_path / "pwned"
+    source = source_with({("deployments", "p", "env"): {f"X=1; touch {mark}; Y": "v"}})
+    text = render_host(source, "cpu")["p/start-vllm.sh"]
+    ran = bash_ok(text, tmp_path, "run")  # python is /bin/true: run exports, then exits
+    assert ran.returncode == 0, ran.stderr
+    assert not mark.exists()
+
+
+def test_a_newline_in_the_fleet_name_adds_no_systemd_directive() -> None:
+    """Before: ``Description=... for fleet f`` + a line ``ExecStartPre=...`` of its own."""
+    source = source_with({("name",): "f\nExecStartPre=/bin/touch /tmp/pwned\nX=%h"})
+    unit = render_host(source, "box")["gateway/fleetgate-gateway.service"]
+    assert not any(line.startswith("ExecStartPre") for line in unit.splitlines())
+    [description] = [line for line in unit.splitlines() if line.startswith("Description=")]
+    assert description.endswith("f\\u000aExecStartPre=/bin/touch /tmp/pwned\\u000aX=%%h")
+
+
+def test_a_newline_in_extra_args_keeps_exec_start_one_line() -> None:
+    source = source_with(
+        {("deployments", "p", "extra_args"): ["--seed\nExecStartPre=/bin/touch /tmp/x", "5%"]}
+    )
+    unit = render_host(source, "cpu")["p/vllm.service"]
+    lines = unit.splitlines()
+    assert not any(line.startswith("ExecStartPre") for line in lines)
+    [exec_start] = [line for line in lines if line.startswith("ExecStart=")]
+    assert exec_start.endswith(' "--seed\\x0aExecStartPre=/bin/touch /tmp/x" 5%%')
+
+
+@pytest.mark.parametrize("quote", ["\u2018", "\u2019", "\u201a", "\u201b", "'"])
+def test_powershell_curly_single_quotes_are_doubled(quote: str) -> None:
+    """Before: ``extra_args: ["‘; Start-Process calc; ‘"]`` ended its string at the ‘."""
+    hostile = f"{quote}; Start-Process calc; {quote}"
+    source = source_with({("deployments", "w", "extra_args"): [hostile]})
+    text = render_host(source, "win")["w/Start-VLLM.ps1"]
+    assert parse_errors(text) == []
+    assert as_powershell_reads(hostile) in verbatim_strings(text)
+
+
+WINDOWS_WORKDIR = 'C:/x" & calc.exe & "\u2018; calc; \u2019 $(calc) `n'
+
+
+class AnsweringTransport(Transport):
+    """Keeps each command line instead of running it; answers ``pack`` with a release."""
+
+    name = "ssh recording"
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def exec(self, command: str, *, stdin: bytes | None = None, timeout: float = 120) -> Result:
+        self.commands.append(command)
+        return Result(0, base64.b64encode(pack({"a.txt": b"x"})), b"")
+
+
+def test_windows_host_operations_send_nothing_to_cmd_exe() -> None:
+    """Before: fetch and upload sent ``tar -C "WORKDIR/..."`` for cmd.exe to run."""
+    transport = AnsweringTransport()
+    ops = host_ops(transport, "windows", WINDOWS_WORKDIR)
+    assert ops.fetch("r1") == {"a.txt": b"x"}
+    ops.upload("r1", {"a.txt": b"x"})
+    ops.state()
+    ops.activate("r1")
+    ops.mark_failed("r1", WINDOWS_WORKDIR)
+    ops.unit("r1", "Start-VLLM.ps1", "logs", "-Lines", WINDOWS_WORKDIR)
+    assert len(transport.commands) == 6
+    for command in transport.commands:
+        # base64 and fixed words only: nothing cmd.exe would read as syntax
+        assert re.fullmatch(r"powershell [A-Za-z -]+ -EncodedCommand [A-Za-z0-9+/=]+", command)
+        script = base64.b64decode(command.rsplit(" ", 1)[1]).decode("utf-16-le")
+        assert parse_errors(script) == []
+        assert as_powershell_reads(WINDOWS_WORKDIR) in verbatim_strings(script)

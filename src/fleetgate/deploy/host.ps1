@@ -21,13 +21,26 @@ switch ($Op) {
             }
         }
     }
-    'prepare' {
+    'pack' {
+        # the release as base64 text of a tar archive (PowerShell pipes carry text, not bytes)
+        $tmp = [IO.Path]::GetTempFileName()
+        try {
+            & tar.exe -C (Join-Path $releases $Rest[0]) -cf $tmp .
+            if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
+            [Console]::Out.Write([Convert]::ToBase64String([IO.File]::ReadAllBytes($tmp)))
+        } finally { Remove-Item -Force $tmp }
+    }
+    'unpack' {
+        # stdin: base64 text of a tar archive; unpacked under a temporary name, then renamed
         $incoming = Join-Path $releases ".incoming-$($Rest[0])"
         if (Test-Path $incoming) { Remove-Item -Recurse -Force $incoming }
         New-Item -ItemType Directory -Force $incoming | Out-Null
-    }
-    'commit' {
-        $incoming = Join-Path $releases ".incoming-$($Rest[0])"
+        $tmp = [IO.Path]::GetTempFileName()
+        try {
+            [IO.File]::WriteAllBytes($tmp, [Convert]::FromBase64String([Console]::In.ReadToEnd()))
+            & tar.exe -C $incoming -xf $tmp
+            if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
+        } finally { Remove-Item -Force $tmp }
         Move-Item $incoming (Join-Path $releases $Rest[0])
     }
     'activate' {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shlex
 import tarfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ from typing import Any
 from fleetgate.deploy.transport import Result, Transport, TransportError
 from fleetgate.errors import FleetgateError
 from fleetgate.kvcache import Drift
+from fleetgate.render.quoting import bash, powershell
 
 RELEASE_META = "release.json"
 
@@ -145,7 +145,8 @@ class LinuxOps(HostOps):
     def _op(self, op: str, *args: str, stdin: bytes | None = None, timeout: float = 120) -> Result:
         script = resources.files("fleetgate.deploy").joinpath("host.sh").read_text()
         words = ["bash", "-c", script, "fleetgate-host", op, self.workdir, *args]
-        return self.transport.exec(shlex.join(words), stdin=stdin, timeout=timeout)
+        command = " ".join(bash.literal(w) for w in words)
+        return self.transport.exec(command, stdin=stdin, timeout=timeout)
 
     def fetch(self, release: str) -> dict[str, bytes]:
         result = self._check(self._op("pack", release, timeout=300), f"reading release {release}")
@@ -159,38 +160,40 @@ class LinuxOps(HostOps):
 
 
 class WindowsOps(HostOps):
-    """PowerShell over ssh; files travel through Windows' own ``tar.exe`` run by cmd.exe.
+    """PowerShell over ssh, and nothing else: every operation is one ``powershell
+    -EncodedCommand`` (base64, which the ssh server's cmd.exe passes on untouched), its values
+    set first as verbatim PowerShell strings. Releases travel as base64 text of a tar archive
+    that Windows' own ``tar.exe`` writes or reads, started by PowerShell, never by cmd.exe.
 
-    Written to the same contract as :class:`LinuxOps` but not tested here (no Windows host).
+    Written to the same contract as :class:`LinuxOps` but not run here (no Windows host): the
+    tests check what it sends (tests/test_hardening.py).
     """
 
     def _op(self, op: str, *args: str, stdin: bytes | None = None, timeout: float = 120) -> Result:
+        return self.transport.exec(self.command(op, *args), stdin=stdin, timeout=timeout)
+
+    def command(self, op: str, *args: str) -> str:
+        """The command line sent for ``op``: PowerShell's, with the script base64-encoded."""
         body = resources.files("fleetgate.deploy").joinpath("host.ps1").read_text()
-        quoted = ", ".join("'" + a.replace("'", "''") + "'" for a in args)
         prelude = (
-            f"$Op = '{op}'\n$Workdir = '{self.workdir.replace(chr(39), chr(39) * 2)}'\n"
-            f"$Rest = @({quoted})\n"
+            f"$Op = {powershell.literal(op)}\n$Workdir = {powershell.literal(self.workdir)}\n"
+            f"$Rest = @({', '.join(powershell.literal(a) for a in args)})\n"
         )
         encoded = base64.b64encode((prelude + body).encode("utf-16-le")).decode()
-        command = (
+        return (
             "powershell -NoProfile -NonInteractive -ExecutionPolicy Bypass "
             f"-EncodedCommand {encoded}"
         )
-        return self.transport.exec(command, stdin=stdin, timeout=timeout)
-
-    def _release_dir(self, name: str) -> str:
-        return f"{self.workdir.rstrip('/')}/releases/{name}"
 
     def fetch(self, release: str) -> dict[str, bytes]:
-        result = self.transport.exec(f'tar -C "{self._release_dir(release)}" -cf - .', timeout=300)
-        return unpack(self._check(result, f"reading release {release}").stdout)
+        result = self._check(self._op("pack", release, timeout=300), f"reading release {release}")
+        return unpack(base64.b64decode(result.stdout))
 
     def upload(self, release: str, files: dict[str, bytes]) -> None:
-        self._check(self._op("prepare", release), "preparing the upload")
-        incoming = self._release_dir(f".incoming-{release}")
-        result = self.transport.exec(f'tar -C "{incoming}" -xf -', stdin=pack(files), timeout=300)
-        self._check(result, f"uploading release {release}")
-        self._check(self._op("commit", release), f"committing release {release}")
+        self._check(
+            self._op("unpack", release, stdin=base64.b64encode(pack(files)), timeout=300),
+            f"uploading release {release}",
+        )
 
 
 def host_ops(transport: Transport, os: str, workdir: str) -> HostOps:
