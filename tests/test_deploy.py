@@ -97,6 +97,26 @@ def stand_in_python(directory: Path) -> Path:
     return exe
 
 
+def tiny_config(directory: Path) -> Path:
+    """A model directory with only a config.json: what the planner reads (``deploy`` refuses a
+    fleet ``validate`` rejects, and validate plans the memory of each deployment)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "max_position_embeddings": 4096,
+        "torch_dtype": "bfloat16",
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
 def write_fleet(
     path: Path,
     *,
@@ -116,7 +136,7 @@ def write_fleet(
                 "host": "box",
                 "port": port,
                 "model": "tiny",
-                "model_path": str(model_path or "/nonexistent/tiny"),
+                "model_path": str(model_path or tiny_config(path.parent / "tiny-model")),
                 "served_model_name": "tiny",
                 "max_model_len": max_model_len,
                 "max_num_seqs": 2,

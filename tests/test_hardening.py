@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 from tests.support.powershell import as_powershell_reads, parse_errors, verbatim_strings
+from typer.testing import CliRunner
 
+from fleetgate.cli import app
 from fleetgate.deploy import SshTransport, Transport, TransportError, host_ops
 from fleetgate.deploy.hostops import pack
 from fleetgate.deploy.transport import Result
 from fleetgate.fleetfile import FleetError, parse_fleet
-from fleetgate.render import Source, render_host
+from fleetgate.render import RenderError, Source, render_host, source_of
 
 MINIMAL = """\
     hosts:
@@ -283,3 +285,42 @@ def test_windows_host_operations_send_nothing_to_cmd_exe() -> None:
         script = base64.b64decode(command.rsplit(" ", 1)[1]).decode("utf-16-le")
         assert parse_errors(script) == []
         assert as_powershell_reads(WINDOWS_WORKDIR) in verbatim_strings(script)
+
+
+# --- render and deploy refuse what validate rejects ------------------------------------------
+
+TOO_BIG = """\
+version: 1
+hosts:
+  box: {address: 127.0.0.1, transport: local, gpus: [{memory_gib: 2, arch: ampere}]}
+deployments:
+  big: {host: box, model: Qwen/Qwen2.5-7B-Instruct-AWQ, max_model_len: 8192}
+"""
+
+
+@pytest.mark.parametrize("command", [["render", "--out", "OUT"], ["deploy", "--dry-run"]])
+def test_a_fleet_validate_rejects_is_neither_rendered_nor_deployed(
+    command: list[str], tmp_path: Path
+) -> None:
+    """Before: ``validate`` said the deployment does not fit, ``render`` wrote its files."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(TOO_BIG)
+    runner = CliRunner()
+    assert runner.invoke(app, ["validate", str(fleet)]).exit_code == 1
+    out = tmp_path / "out"
+    args = [str(out) if a == "OUT" else a for a in command]
+    result = runner.invoke(app, [args[0], str(fleet), *args[1:]])
+    assert result.exit_code == 1, result.output
+    assert "deployments.big.max_model_len: does not fit" in result.output
+    assert not out.exists()
+
+
+def test_render_refuses_a_reference_the_host_would_expand_unchecked(tmp_path: Path) -> None:
+    """``workdir: ${WD}`` with WD=-rf: validate refuses the value, so render must not leave
+    ``"${WD}"`` in a script for the host to expand."""
+    text = MINIMAL.replace("address: box.lan", "address: box.lan, workdir: '${WD}'")
+    with pytest.raises(FleetError):
+        parse_fleet(textwrap.dedent(text), env={"WD": "-rf"})
+    loaded = parse_fleet(textwrap.dedent(text), env={}, strict_env=False)
+    with pytest.raises(RenderError, match=r"hosts\.box\.workdir"):
+        source_of(loaded)

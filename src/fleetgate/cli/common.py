@@ -12,6 +12,7 @@ from fleetgate.cli.app import err_console
 from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import FleetError, LoadedFleet, Problem, load_fleet, require_valid
 from fleetgate.local import UpRecord, find_running
+from fleetgate.plan import fleet_problems
 
 
 def print_problems(problems: list[Problem], file: str | None) -> None:
@@ -20,11 +21,14 @@ def print_problems(problems: list[Problem], file: str | None) -> None:
         err_console.print(f"[{style}]{p.level}[/]: {p.format(file)}", highlight=False)
 
 
-def load_or_exit(path: Path, *, strict_env: bool = True, check: bool = True) -> LoadedFleet:
+def load_or_exit(
+    path: Path, *, strict_env: bool = True, check: bool = True, fit: bool = False
+) -> LoadedFleet:
     """Load a fleet file or print every problem and exit 1.
 
-    With ``check``, cross-check errors (``check_fleet``) are fatal too; warnings are left to
-    ``fleetgate validate``.
+    With ``check``, cross-check errors (``check_fleet``) are fatal too; with ``fit``, every
+    error ``fleetgate validate`` reports (``fleet_problems``: the memory fit too), for the
+    commands that turn the fleet into files and processes. Warnings are left to ``validate``.
     """
     try:
         loaded = load_fleet(path, strict_env=strict_env)
@@ -33,6 +37,11 @@ def load_or_exit(path: Path, *, strict_env: bool = True, check: bool = True) -> 
     except FleetError as exc:
         print_problems(exc.problems, exc.file)
         raise typer.Exit(1) from None
+    if fit:
+        errors = [p for p in fleet_problems(loaded.fleet) if p.level == "error"]
+        if errors:
+            print_problems(errors, str(path))
+            raise typer.Exit(1)
     return loaded
 
 

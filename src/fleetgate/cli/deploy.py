@@ -36,9 +36,10 @@ BACKUPS = typer.Option(
 )
 
 
-def _source(fleet: Path) -> Source:
+def _source(fleet: Path, *, fit: bool = False) -> Source:
+    """The fleet to render from; ``fit``: refused on any error ``fleetgate validate`` reports."""
     try:
-        source = source_of(load_or_exit(fleet, strict_env=False))
+        source = source_of(load_or_exit(fleet, strict_env=False, fit=fit))
     except RenderError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
@@ -164,9 +165,10 @@ def deploy(
     """Render, diff, back up, install, restart, health-gate; roll back by itself on failure.
 
     Hosts deploy in parallel; one failing does not stop the others. Exit 1 if any host failed
-    (a host that rolled back counts as failed: the new settings are not in service).
+    (a host that rolled back counts as failed: the new settings are not in service). A fleet
+    that `fleetgate validate` rejects is not deployed.
     """
-    source = _source(fleet)
+    source = _source(fleet, fit=True)
     names = _hosts(source, hosts or [])
     # what the plan says each server's KV cache holds, kept beside what vLLM reports
     planned = {} if dry_run else planned_kv_tokens(source.fleet)

@@ -29,9 +29,10 @@ def render(
     LiteLLM proxy config; OUT/monitoring/ a Prometheus scrape config for the gateway and every
     vLLM, and a Grafana dashboard over both. Same fleet file, byte-identical output; no secret
     is ever written.
+    A fleet that `fleetgate validate` rejects is not rendered.
     """
     try:
-        source = source_of(load_or_exit(fleet, strict_env=False))
+        source = source_of(load_or_exit(fleet, strict_env=False, fit=True))
     except RenderError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None

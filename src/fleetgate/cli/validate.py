@@ -8,8 +8,7 @@ import typer
 
 from fleetgate.cli.app import app, console
 from fleetgate.cli.common import load_or_exit, print_problems
-from fleetgate.fleetfile import check_fleet
-from fleetgate.plan import plan_problems
+from fleetgate.plan import fleet_problems
 
 
 @app.command(rich_help_panel="Plan")
@@ -27,9 +26,7 @@ def validate(
     printed and exit 0.
     """
     loaded = load_or_exit(fleet, strict_env=strict, check=False)
-    problems = [*loaded.unset_env, *check_fleet(loaded.fleet)]
-    if not any(p.level == "error" for p in problems):
-        problems += plan_problems(loaded.fleet)
+    problems = [*loaded.unset_env, *fleet_problems(loaded.fleet)]
     print_problems(problems, str(fleet))
     errors = sum(p.level == "error" for p in problems)
     warnings = len(problems) - errors

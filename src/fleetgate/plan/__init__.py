@@ -3,6 +3,7 @@
 from fleetgate.plan.display import memory_bar, memory_split
 from fleetgate.plan.fleetplan import (
     fleet_memory,
+    fleet_problems,
     plan_fleet,
     plan_input,
     plan_problems,
@@ -41,6 +42,7 @@ __all__ = [
     "check_version",
     "cuda_graph_bytes",
     "fleet_memory",
+    "fleet_problems",
     "format_version",
     "kv_bytes_per_token",
     "memory_bar",

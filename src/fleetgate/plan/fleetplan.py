@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleetgate.fleetfile import Fleet, Problem
+from fleetgate.fleetfile import Fleet, Problem, check_fleet
 from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan.display import memory_split
 from fleetgate.plan.memory import DeploymentPlan, PlanInput, plan_deployment
@@ -117,4 +117,14 @@ def plan_problems(fleet: Fleet) -> list[Problem]:
                     level="warning",
                 )
             )
+    return problems
+
+
+def fleet_problems(fleet: Fleet) -> list[Problem]:
+    """Everything ``fleetgate validate`` reports: the cross checks, then (when they pass) whether
+    each deployment fits its GPU. ``render`` and ``deploy`` refuse a fleet with an error here,
+    so nothing is rendered or installed that ``validate`` would reject."""
+    problems = check_fleet(fleet)
+    if not any(p.level == "error" for p in problems):
+        problems += plan_problems(fleet)
     return problems

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet, LoadedFleet, has_env_refs
 from fleetgate.fleetfile.load import interpolate
@@ -40,10 +42,58 @@ class Source:
 
 def source_of(loaded: LoadedFleet) -> Source:
     """Re-validate the fleet from its uninterpolated text, with no environment at all."""
-    fleet = Fleet.model_validate(interpolate(loaded.raw, {}, strict=False))
+    try:
+        fleet = Fleet.model_validate(interpolate(loaded.raw, {}, strict=False))
+    except ValidationError as exc:
+        wrong = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise RenderError(f"the fleet file is not valid without its ${{VAR}}s: {wrong}") from None
+    _refuse_references(fleet)
     _refuse_literal_secrets(fleet)
     name = loaded.path.name if loaded.path else "fleet.yaml"
     return Source(fleet=fleet, raw=loaded.raw, fleet_file=name)
+
+
+def _may_refer(path: tuple[str, ...]) -> bool:
+    """Where a ``${VAR}`` may stay in rendered files: the values that carry secrets."""
+    return (
+        (len(path) == 4 and path[0] == "deployments" and path[2] in ("env", "extra_args"))
+        or (len(path) == 4 and path[:2] == ("gateway", "api_keys") and path[3] == "key")
+        or path in (("gateway", "admin_key"), ("gateway", "redis_url"))
+    )
+
+
+def _references(value: object, path: tuple[str, ...]) -> list[str]:
+    if isinstance(value, BaseModel):
+        return [
+            found
+            for name in type(value).model_fields
+            for found in _references(getattr(value, name), (*path, name))
+        ]
+    if isinstance(value, dict):
+        keys = [".".join((*path, k)) for k in value if isinstance(k, str) and has_env_refs(k)]
+        return keys + [f for k, v in value.items() for f in _references(v, (*path, str(k)))]
+    if isinstance(value, list | tuple):
+        return [f for i, v in enumerate(value) for f in _references(v, (*path, str(i)))]
+    if isinstance(value, str) and has_env_refs(value) and not _may_refer(path):
+        return [".".join(path)]
+    return []
+
+
+def _refuse_references(fleet: Fleet) -> None:
+    """A ``${VAR}`` that render leaves in a path, address or image would be expanded by the
+    host at run time, to a value ``validate`` never saw: only secrets may stay references."""
+    found = _references(fleet, ())
+    if found:
+        raise RenderError(
+            "render resolves no ${VAR}, and a reference left in a rendered script would be "
+            "expanded on the host unchecked: "
+            + ", ".join(found)
+            + "; write these values in the fleet file (references are for secrets: "
+            "deployments' env and extra_args, API keys, admin_key, redis_url)"
+        )
 
 
 def _refuse_literal_secrets(fleet: Fleet) -> None:
