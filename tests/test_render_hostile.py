@@ -22,13 +22,15 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import jinja2.nodes
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tests.support.powershell import as_powershell_reads, parse_errors, verbatim_strings
 
 from fleetgate.fleetfile import FleetError, parse_fleet
-from fleetgate.render import RenderError, render_host, render_litellm, source_of
+from fleetgate.render import RenderError, render_host, render_litellm, scripts, source_of
 from fleetgate.render.quoting import bash, powershell
 
 # ExecStart= executables must exist for systemd-analyze verify: this environment's fleetgate
@@ -352,3 +354,49 @@ def test_powershell_strings_hold_exactly_the_value(value: str) -> None:
     script = f"$x = {powershell.word(value)}\n"
     assert parse_errors(script) == []
     assert verbatim_strings(script) == [as_powershell_reads(value)]
+
+
+# --- no template prints a value unquoted -------------------------------------------------------
+
+DIALECT_FILTERS = {
+    ".sh.j2": {"sh", "sh_literal", "sh_path", "sh_words", "sh_comment"},
+    ".ps1.j2": {"ps", "ps_path", "ps_items", "ps_comment"},
+    ".service.j2": {"unit_exec", "unit_env", "unit_value", "unit_path", "unit_comment"},
+}
+
+
+def _unquoted_outputs(source: str, allowed: set[str]) -> list[str]:
+    """Each ``{{ ... }}`` of a template that is not its dialect's filter, an ``int``, or a
+    constant (``{{ "," if not loop.last }}``)."""
+    env = jinja2.Environment()
+    wrong = []
+    for output in env.parse(source).find_all(jinja2.nodes.Output):
+        for node in output.nodes:
+            if isinstance(node, jinja2.nodes.TemplateData | jinja2.nodes.Const):
+                continue
+            if isinstance(node, jinja2.nodes.CondExpr) and all(
+                isinstance(n, jinja2.nodes.Const | type(None)) for n in (node.expr1, node.expr2)
+            ):
+                continue
+            if isinstance(node, jinja2.nodes.Filter) and (
+                node.name in allowed or node.name == "int"
+            ):
+                continue
+            wrong.append(f"line {node.lineno}: {type(node).__name__}")
+    return wrong
+
+
+def test_every_template_output_goes_through_its_dialects_quoting() -> None:
+    templates = Path(scripts.__file__).parent / "templates"
+    checked = 0
+    for path in sorted(templates.glob("*.j2")):
+        [allowed] = [f for suffix, f in DIALECT_FILTERS.items() if path.name.endswith(suffix)]
+        assert _unquoted_outputs(path.read_text(), allowed) == [], path.name
+        checked += 1
+    assert checked == 5
+    # and the check sees an unquoted value
+    assert _unquoted_outputs("x={{ value }} y={{ value | ps }}", {"sh"}) == [
+        "line 1: Name",
+        "line 1: Filter",
+    ]
+    assert set().union(*DIALECT_FILTERS.values()) == set(scripts.FILTERS)
