@@ -22,6 +22,7 @@ from fleetgate.fleetfile.gpus import Architecture, GpuModel, lookup_gpu
 from fleetgate.fleetfile.values import (
     Address,
     EnvName,
+    Executable,
     HostPath,
     ImageRef,
     ModelId,
@@ -140,7 +141,7 @@ class Deployment(_Strict):
     env: dict[EnvName, str] = {}
     image: ImageRef = "vllm/vllm-openai:v0.32.0"
     runtime: Literal["docker", "process"] = "docker"
-    python: HostPath | None = Field(
+    python: Executable | None = Field(
         default=None,
         description="runtime: process: the python that has vLLM installed; default python3",
     )

@@ -108,6 +108,13 @@ def _path(value: str) -> str:
     return _no_option("a path")(value)
 
 
+def _executable(value: str) -> str:
+    _path(value)
+    if any(c in value for c in "'\"\\"):
+        raise ValueError("an executable's path cannot hold ', \" or \\ (systemd refuses it)")
+    return value
+
+
 Address = Annotated[str, AfterValidator(_address)]
 """A hostname (or ssh config alias), an IPv4 or an IPv6 address; never an option."""
 
@@ -118,6 +125,10 @@ UserName = Annotated[
 
 HostPath = Annotated[str, AfterValidator(_path)]
 """A path on a host (POSIX, ``~/...`` or ``C:/...``); never an option."""
+
+Executable = Annotated[str, AfterValidator(_executable)]
+"""A program to run: a path, or a name on ``PATH``; no quote or backslash (systemd refuses an
+``ExecStart=`` executable with them); never an option."""
 
 EnvName = Annotated[
     str, AfterValidator(_shaped(_ENV_NAME, "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"))
