@@ -55,6 +55,9 @@ def problems(text: str) -> list[str]:
         ("max_model_len: 2048", 'max_model_len: 2048, image: "a b:1"', "image"),
         ("max_model_len: 2048", 'max_model_len: 2048, env: {"X=1; touch y; Y": v}', "env"),
         ("max_model_len: 2048", "max_model_len: 2048, python: --version", "python"),
+        ("max_model_len: 2048", "max_model_len: 2048, python: \"/usr/bin/py'\"", "python"),
+        ("max_model_len: 2048", "max_model_len: 2048, python: /", "python"),
+        ("max_model_len: 2048", "max_model_len: 2048, python: venv/bin/python", "python"),
     ],
 )  # fmt: skip
 def test_values_that_are_not_what_their_field_means_are_refused(

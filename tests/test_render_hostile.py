@@ -7,7 +7,8 @@ PowerShell scripts parse (tree-sitter, curly quotes read as PowerShell reads the
 units pass ``systemd-analyze verify`` with exactly the directives of the ordinary fleet, and the
 YAML files load. A value with a control character must be refused by the schema.
 
-The example counts are modest: CI runs this on two cores.
+The example counts are modest: CI runs this on two cores. FLEETGATE_HOSTILE_EXAMPLES=500 runs
+the fleet property longer, locally.
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def test_every_string_field_is_attacked() -> None:
 
 
 @settings(
-    max_examples=25,
+    max_examples=int(os.environ.get("FLEETGATE_HOSTILE_EXAMPLES", "25")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -112,6 +112,8 @@ def _executable(value: str) -> str:
     _path(value)
     if any(c in value for c in "'\"\\"):
         raise ValueError("an executable's path cannot hold ', \" or \\ (systemd refuses it)")
+    if value.endswith("/") or ("/" in value and not value.startswith("/")):
+        raise ValueError("an executable is an absolute path to a file, or a name on PATH")
     return value
 
 
@@ -127,8 +129,8 @@ HostPath = Annotated[str, AfterValidator(_path)]
 """A path on a host (POSIX, ``~/...`` or ``C:/...``); never an option."""
 
 Executable = Annotated[str, AfterValidator(_executable)]
-"""A program to run: a path, or a name on ``PATH``; no quote or backslash (systemd refuses an
-``ExecStart=`` executable with them); never an option."""
+"""A program to run: an absolute path to a file, or a name on ``PATH`` (what systemd's
+``ExecStart=`` accepts); no quote or backslash (systemd refuses them); never an option."""
 
 EnvName = Annotated[
     str, AfterValidator(_shaped(_ENV_NAME, "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"))
