@@ -57,6 +57,8 @@ def problems(text: str) -> list[str]:
         ("max_model_len: 2048", "max_model_len: 2048, python: --version", "python"),
         ("max_model_len: 2048", "max_model_len: 2048, python: \"/usr/bin/py'\"", "python"),
         ("max_model_len: 2048", "max_model_len: 2048, python: /", "python"),
+        ("max_model_len: 2048", "max_model_len: 2048, python: ':'", "python"),
+        ("max_model_len: 2048", "max_model_len: 2048, python: '@python3'", "python"),
         ("max_model_len: 2048", "max_model_len: 2048, python: venv/bin/python", "python"),
     ],
 )  # fmt: skip

@@ -28,6 +28,9 @@ _CONTROL_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\0":
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+# An absolute path to a file, or a bare name that starts like one (systemd reads a leading
+# @ - : + ! | of ExecStart= as a prefix, quoted or not).
+_EXECUTABLE = re.compile(r"/.*[^/]|[A-Za-z0-9_][^/]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 _MODEL_ID = re.compile(rf"{_MODEL_PART}(?:/{_MODEL_PART})?")
@@ -112,7 +115,7 @@ def _executable(value: str) -> str:
     _path(value)
     if any(c in value for c in "'\"\\"):
         raise ValueError("an executable's path cannot hold ', \" or \\ (systemd refuses it)")
-    if value.endswith("/") or ("/" in value and not value.startswith("/")):
+    if not _EXECUTABLE.fullmatch(value):
         raise ValueError("an executable is an absolute path to a file, or a name on PATH")
     return value
 

@@ -34,7 +34,10 @@ def _quoted(text: str) -> str:
 
 
 def _word(escaped: str, *, first: bool) -> str:
-    if escaped and _PLAIN.fullmatch(escaped) and not (first and escaped[0] in _EXEC_PREFIXES):
+    if first and escaped[:1] in tuple(_EXEC_PREFIXES):
+        # systemd reads these prefixes even from a quoted word: no quoting can keep them
+        raise ValueError(f"an ExecStart= executable cannot start with {escaped[0]!r}")
+    if escaped and _PLAIN.fullmatch(escaped):
         return escaped
     return _quoted(escaped)
 
