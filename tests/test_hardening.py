@@ -329,3 +329,24 @@ def test_render_refuses_a_reference_the_host_would_expand_unchecked(tmp_path: Pa
     loaded = parse_fleet(textwrap.dedent(text), env={}, strict_env=False)
     with pytest.raises(RenderError, match=r"hosts\.box\.workdir"):
         source_of(loaded)
+
+
+def test_secrets_may_stay_references(tmp_path: Path) -> None:
+    text = MINIMAL + textwrap.indent(
+        textwrap.dedent(
+            """\
+            gateway:
+              host: box
+              admin_key: ${ADMIN}
+              metrics_key: ${METRICS}
+              redis_url: redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0
+              api_keys: [{name: owner, key: "${KEY}"}]
+            """
+        ),
+        "    ",
+    )
+    text = text.replace(
+        "max_model_len: 2048}", 'max_model_len: 2048, env: {HF_TOKEN: "${HF_TOKEN}"}}'
+    )
+    source = source_of(parse_fleet(textwrap.dedent(text), env={}, strict_env=False))
+    assert "${METRICS}" in render_host(source, "box")["gateway/fleet.yaml"]

@@ -61,7 +61,7 @@ def _may_refer(path: tuple[str, ...]) -> bool:
     return (
         (len(path) == 4 and path[0] == "deployments" and path[2] in ("env", "extra_args"))
         or (len(path) == 4 and path[:2] == ("gateway", "api_keys") and path[3] == "key")
-        or path in (("gateway", "admin_key"), ("gateway", "redis_url"))
+        or path in (("gateway", "admin_key"), ("gateway", "metrics_key"), ("gateway", "redis_url"))
     )
 
 
@@ -92,7 +92,7 @@ def _refuse_references(fleet: Fleet) -> None:
             "expanded on the host unchecked: "
             + ", ".join(found)
             + "; write these values in the fleet file (references are for secrets: "
-            "deployments' env and extra_args, API keys, admin_key, redis_url)"
+            "deployments' env and extra_args, API keys, admin_key, metrics_key, redis_url)"
         )
 
 
