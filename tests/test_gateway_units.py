@@ -82,7 +82,8 @@ async def test_full_queue_and_deadline_give_429_with_retry_after() -> None:
     with pytest.raises(GatewayError) as full:
         await adm.acquire("lane", ("d",), 1, 10)
     assert full.value.status == 429 and full.value.reason == "queue_full"
-    assert full.value.retry_after == 8  # second in line behind one slot of ~4 s
+    # a place in the queue frees up when its first waiter gets the slot: in ~4 s
+    assert full.value.retry_after == 4
     with pytest.raises(GatewayError) as late:
         await waiter
     assert late.value.status == 429 and late.value.reason == "queue_timeout"
@@ -101,10 +102,11 @@ async def test_retry_after_counts_how_long_the_running_requests_have_run() -> No
         pool.running_since[:] = [t - 6 for t in pool.running_since]
     with pytest.raises(GatewayError) as full:
         await adm.acquire("r", ("a", "b"), 0, 10)
-    assert full.value.retry_after == 7  # first in line, two slots, each ~6 s and counting
-    assert adm.estimate_wait(("a", "b"), 3) == 13  # two rounds of just over 6 s
+    # first in line, two slots, each ~6 s and counting: a slot per just over 3 s
+    assert full.value.retry_after == 4
+    assert adm.estimate_wait(("a", "b"), 3) == 10  # position 3 at just over 3 s per slot
     adm.pools["a"].service_s = adm.pools["b"].service_s = 20.0
-    assert adm.estimate_wait(("a", "b"), 1) == 20  # recent service times when longer
+    assert adm.estimate_wait(("a", "b"), 1) == 10  # recent service times when longer
     adm.pools["a"].running_since[0] -= 10**6
     assert adm.estimate_wait(("a", "b"), 1) == MAX_RETRY_AFTER_S  # bounded
     for pool in held:
@@ -121,7 +123,8 @@ async def test_a_released_slot_takes_its_own_start_time_along() -> None:
     adm.pools["d"].running_since[0] -= 30
     new = await adm.acquire("r", ("d",), 0, 10)
     adm.release(new, 0.001)
-    assert adm.estimate_wait(("d",), 1) == 31  # the 30 s one is still running
+    # the 30 s one is still running: just over 30 s on one of two slots
+    assert adm.estimate_wait(("d",), 1) == 16
     adm.release(old, 30.0)
     assert adm.pools["d"].running_since == []
 

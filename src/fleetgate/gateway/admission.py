@@ -26,9 +26,13 @@ from fleetgate.gateway.errors import (
 
 # With nothing finished and nothing running to go by, assume this long per request.
 _DEFAULT_SERVICE_S = 1.0
-# Retry-After never says more than this: past it the guess is worth little, and a client told
-# "an hour" gives up on a queue that may drain in a minute.
-MAX_RETRY_AFTER_S = 300
+# Retry-After never says more than this, so the common clients wait for it and retry: the
+# official openai client sleeps for a Retry-After of at most 60 s in its 1.x releases (past it,
+# its own short backoff), and in its current ones does not retry at all past 120 s
+# (openai-python `_base_client.py`: `_calculate_retry_timeout` and `_should_retry` with
+# `MAX_RETRY_AFTER_DELAY = 2 * 60` in `_constants.py`, read in 3.57.0). A wait longer than
+# that belongs in the queue (a profile with a deeper queue and a longer queue_wait_s).
+MAX_RETRY_AFTER_S = 60
 _EWMA = 0.2
 
 
@@ -198,11 +202,14 @@ class Admission:
         queue = self._queues.setdefault(lane, deque())
         if len(queue) >= depth:
             ahead = self._waiting_ahead(candidates)
+            # A place in this queue frees up when its first waiter gets a slot.
+            head = next((w for w in queue if not w.future.done()), None)
+            first = 1 if head is None else self._waiting_ahead(candidates, before=head.seq) + 1
             raise rate_limited(
                 f"queue for {lane!r} is full: {len(queue)} requests waiting in it "
                 f"({ahead} for its deployments in all), queue_depth is {depth}",
                 reason="queue_full",
-                retry_after=self.estimate_wait(candidates, ahead + 1),
+                retry_after=self.estimate_wait(candidates, first),
             )
         loop = asyncio.get_running_loop()
         waiter = _Waiter(next(self._seq), lane, route, candidates, loop.create_future(), slots)
@@ -221,7 +228,7 @@ class Admission:
                 f"{ahead + 1} ({ahead} ahead) for {len(candidates)} deployment(s); "
                 f"queue_wait_s is {wait_s:g}",
                 reason="queue_timeout",
-                retry_after=self.estimate_wait(candidates, self._waiting_ahead(candidates) + 1),
+                retry_after=self.estimate_wait(candidates, ahead + 1),
             ) from None
         except asyncio.CancelledError:
             granted = self._leave(queue, waiter)
@@ -238,7 +245,8 @@ class Admission:
 
     def estimate_wait(self, candidates: Iterable[str], position: int) -> int:
         """Whole seconds (1 to :data:`MAX_RETRY_AFTER_S`) until the ``position``-th waiter would
-        get a slot: one request's time for each round of slots ahead of it.
+        get a slot: its position times the recent service time per slot (slots free up one
+        after another, not in rounds), an estimate rather than the worst case.
 
         A request's time is the recent service time, but at least how long the requests now
         running have been at it on average: one that has run 6 s is unlikely to end in 1 s.
@@ -260,8 +268,7 @@ class Admission:
         service = sum(times) / len(times) if times else _DEFAULT_SERVICE_S
         if running:
             service = max(service, elapsed / running)
-        rounds = math.ceil(position / (capacity or 1))
-        return min(MAX_RETRY_AFTER_S, retry_after_seconds(rounds * service))
+        return min(MAX_RETRY_AFTER_S, retry_after_seconds(position * service / (capacity or 1)))
 
     def queued(self, lane: str) -> int:
         queue = self._queues.get(lane)
