@@ -21,10 +21,11 @@ from fleetgate.sim.protocol import (
     ChatRequest,
     CompletionRequest,
     DetokenizeRequest,
+    ResponsesRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
-from fleetgate.sim.tokenizer import ReplyText, SimTokenizer
+from fleetgate.sim.tokenizer import BOS, ReplyText, SimTokenizer
 
 VLLM_VERSION = "0.32.0"
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -62,6 +63,7 @@ def make_app(state: SimState) -> web.Application:
     app.router.add_post("/detokenize", detokenize)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/admin/faults", get_faults)
     app.router.add_post("/admin/faults", post_faults)
     return app
@@ -139,6 +141,8 @@ async def tokenize(request: web.Request) -> web.Response:
         ids = tok.apply_chat_template(
             chat.messages, add_generation_prompt=chat.add_generation_prompt
         )
+        if chat.add_special_tokens:
+            ids = [BOS, *ids]  # vLLM adds the tokenizer's BOS to the rendered template's
         strs = chat.return_token_strs
     elif "prompt" in body:
         plain = _validate(TokenizeCompletionRequest, body)
@@ -233,16 +237,21 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 def _admit(
-    state: SimState, ids: list[int], max_tokens: int | None, req: ChatRequest | CompletionRequest
+    state: SimState,
+    ids: list[int],
+    max_tokens: int | None,
+    req: ChatRequest | CompletionRequest | ResponsesRequest,
+    param: str = "max_tokens",
 ) -> int:
     """vLLM's checks, in vLLM's order; returns the effective max_tokens."""
     limit = state.config.max_model_len
     if max_tokens is not None and max_tokens > limit:
-        raise errors.max_tokens_over_len(max_tokens, limit)
+        raise errors.max_tokens_over_len(max_tokens, limit, param)
     if len(ids) > limit:
         raise errors.prompt_too_long(limit)
-    if req.n is not None and req.n < 1:
-        raise errors.ApiError(400, f"n must be at least 1, got {req.n}.")
+    n = getattr(req, "n", None)  # the Responses API has no n
+    if n is not None and n < 1:
+        raise errors.ApiError(400, f"n must be at least 1, got {n}.")
     if req.temperature is not None:
         if req.temperature < 0:
             raise errors.bad_param(
@@ -260,8 +269,8 @@ def _admit(
     effective = room if max_tokens is None else min(max_tokens, room)
     if effective < 1:
         raise errors.max_tokens_too_small(effective)
-    if req.n is not None and req.n > 1:
-        raise errors.ApiError(400, f"The simulator supports n=1 only, got n={req.n}.", param="n")
+    if n is not None and n > 1:
+        raise errors.ApiError(400, f"The simulator supports n=1 only, got n={n}.", param="n")
     if state.faults.mode == "dead" or state.engine.roll_error():
         raise errors.engine_dead()
     return effective
@@ -276,20 +285,10 @@ async def _generate(
     req: ChatRequest | CompletionRequest,
 ) -> web.StreamResponse:
     effective = _admit(state, ids, max_tokens, req)
-    reply = ReplyText(state.tokenizer, state.config.seed if req.seed is None else req.seed, ids)
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(s for s in req.stop or () if s)
-    outputs: asyncio.Queue[Output] = asyncio.Queue()
-    seq = Sequence(
-        prompt_len=len(ids),
-        max_tokens=effective,
-        reply=reply,
-        eos_at=None if req.ignore_eos else reply.natural_length(state.config.reply_tokens),
-        stops=stops,
-        deliver=outputs.put_nowait,
-    )
+    seq, outputs = _sequence(state, ids, effective, req.seed, req.ignore_eos, stops)
     prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
     reply_id = f"{prefix}{secrets.token_hex(8)}"
-    state.engine.add(seq)
     try:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -297,6 +296,29 @@ async def _generate(
         return await _complete(state, kind, reply_id, seq, outputs, req.model)
     finally:
         state.engine.abort(seq)  # a no-op unless the client left (or a write failed) early
+
+
+def _sequence(
+    state: SimState,
+    ids: list[int],
+    max_tokens: int,
+    seed: int | None,
+    ignore_eos: bool,
+    stops: tuple[str, ...] = (),
+) -> tuple[Sequence, asyncio.Queue[Output]]:
+    """A generation added to the engine, and the queue its outputs arrive on."""
+    reply = ReplyText(state.tokenizer, state.config.seed if seed is None else seed, ids)
+    outputs: asyncio.Queue[Output] = asyncio.Queue()
+    seq = Sequence(
+        prompt_len=len(ids),
+        max_tokens=max_tokens,
+        reply=reply,
+        eos_at=None if ignore_eos else reply.natural_length(state.config.reply_tokens),
+        stops=stops,
+        deliver=outputs.put_nowait,
+    )
+    state.engine.add(seq)
+    return seq, outputs
 
 
 async def _complete(
@@ -536,3 +558,209 @@ def _check_stream_options(stream: bool | None, options: object) -> None:
         raise errors.bad_param(
             "Stream options can only be defined when `stream=True`.", "stream_options"
         )
+
+
+# -- the Responses API ------------------------------------------------------------------------
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses`` for a plain text model, shaped as vLLM 0.32 answers it: the input
+    rendered as chat messages (``instructions`` first) and tokenized with special tokens added,
+    one ``message`` output item, usage as ``input_tokens``/``output_tokens``, and a stream of
+    named events (``event:`` lines) that ends with ``response.completed`` (no ``[DONE]``)."""
+    state = request.app[STATE]
+    req = _validate(ResponsesRequest, await _json_body(request))
+    _check_model(state, req.model)
+    messages = _response_messages(req)
+    ids = [BOS, *state.tokenizer.apply_chat_template(messages)]
+    effective = _admit(state, ids, req.max_output_tokens, req, "max_output_tokens")
+    seq, outputs = _sequence(state, ids, effective, req.seed, req.ignore_eos)
+    head = _response_head(state, req)
+    try:
+        if req.stream:
+            return await _stream_response(request, state, head, seq, outputs)
+        parts: list[str] = []
+        while True:
+            out = await outputs.get()
+            if out.failed:
+                raise errors.engine_dead()
+            parts.append(out.text)
+            if out.finish_reason is not None:
+                break
+        item = _message_item(f"msg_{secrets.token_hex(8)}", "".join(parts), "completed")
+        return _json(_response_done(head, item, seq, out.finish_reason))
+    finally:
+        state.engine.abort(seq)
+
+
+def _response_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """vLLM's ``construct_input_messages`` for text input: instructions as a system message,
+    a string as one user message, items as chat messages."""
+    messages: list[dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        messages.append({"role": "user", "content": req.input})
+        return messages
+    for item in req.input:
+        kind = item.get("type")
+        if kind == "function_call_output":
+            messages.append({"role": "tool", "content": item.get("output")})
+        elif kind == "function_call":
+            messages.append({"role": "assistant", "content": None})
+        elif "role" in item:
+            messages.append({"role": item["role"], "content": item.get("content")})
+        elif kind != "reasoning":
+            raise errors.ApiError(400, f"Unsupported input item type: {kind}", param="input")
+    return messages
+
+
+def _response_head(state: SimState, req: ResponsesRequest) -> dict[str, Any]:
+    """The response object as it stands before any output (vLLM's ``from_request``)."""
+    return {
+        "id": f"resp_{secrets.token_hex(8)}",
+        "created_at": int(time.time()),
+        "incomplete_details": None,
+        "instructions": req.instructions,
+        "metadata": req.metadata,
+        "model": state.config.model,
+        "object": "response",
+        "output": [],
+        "parallel_tool_calls": req.parallel_tool_calls,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "tool_choice": "none" if not req.tools else req.tool_choice,
+        "tools": req.tools,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "background": False,
+        "max_output_tokens": req.max_output_tokens,
+        "max_tool_calls": None,
+        "previous_response_id": req.previous_response_id,
+        "prompt": None,
+        "reasoning": None,
+        "service_tier": req.service_tier,
+        "status": "in_progress",
+        "text": None,
+        "top_logprobs": None,
+        "truncation": req.truncation,
+        "usage": None,
+        "user": req.user,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "input_messages": None,
+        "output_messages": None,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    content = [] if status == "in_progress" else [_text_part(text, None)]
+    return {
+        "id": item_id,
+        "content": content,
+        "role": "assistant",
+        "status": status,
+        "type": "message",
+        "phase": None,
+    }
+
+
+def _text_part(text: str, logprobs: list[Any] | None) -> dict[str, Any]:
+    return {"annotations": [], "text": text, "type": "output_text", "logprobs": logprobs}
+
+
+def _response_done(
+    head: dict[str, Any], item: dict[str, Any], seq: Sequence, finish_reason: str | None
+) -> dict[str, Any]:
+    """The finished response: ``incomplete`` when it ran into max_output_tokens."""
+    incomplete = finish_reason == "length"
+    usage = {
+        "input_tokens": seq.prompt_len,
+        "input_tokens_details": {
+            "cached_tokens": 0,
+            "cache_write_tokens": 0,
+            "input_tokens_per_turn": [],
+            "cached_tokens_per_turn": [],
+        },
+        "output_tokens": seq.generated,
+        "output_tokens_details": {
+            "reasoning_tokens": 0,
+            "tool_output_tokens": 0,
+            "output_tokens_per_turn": [],
+            "tool_output_tokens_per_turn": [],
+        },
+        "total_tokens": seq.prompt_len + seq.generated,
+    }
+    return {
+        **head,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "output": [item],
+        "status": "incomplete" if incomplete else "completed",
+        "usage": usage,
+    }
+
+
+async def _stream_response(
+    request: web.Request,
+    state: SimState,
+    head: dict[str, Any],
+    seq: Sequence,
+    outputs: asyncio.Queue[Output],
+) -> web.StreamResponse:
+    out = await outputs.get()
+    if out.failed:
+        raise errors.engine_dead()
+    resp = web.StreamResponse(headers={"Content-Type": SSE_CONTENT_TYPE})
+    await resp.prepare(request)
+    number = 0
+
+    async def send(kind: str, data: dict[str, Any]) -> None:
+        nonlocal number
+        event = {**data, "sequence_number": number, "type": kind}
+        number += 1
+        payload = errors.compact_json(event).encode()
+        await resp.write(b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n")
+
+    item_id = f"msg_{secrets.token_hex(8)}"
+    where = {"content_index": 0, "item_id": item_id}
+    await send("response.created", {"response": head})
+    await send("response.in_progress", {"response": head})
+    await send(
+        "response.output_item.added",
+        {"item": _message_item(item_id, "", "in_progress"), "output_index": 0},
+    )
+    await send(
+        "response.content_part.added",
+        {**where, "output_index": 0, "part": _text_part("", [])},
+    )
+    parts: list[str] = []
+    while True:
+        if out.failed:
+            error = errors.engine_dead()
+            await send("error", {"code": str(error.status), "message": error.message})
+            await resp.write_eof()
+            return resp
+        if out.text:
+            parts.append(out.text)
+            await send(
+                "response.output_text.delta",
+                {**where, "delta": out.text, "logprobs": [], "output_index": 0},
+            )
+        if out.finish_reason is not None:
+            break
+        out = await outputs.get()
+    text = "".join(parts)
+    await send(
+        "response.output_text.done", {**where, "logprobs": [], "output_index": 0, "text": text}
+    )
+    await send(
+        "response.content_part.done",
+        {**where, "output_index": 0, "part": _text_part(text, None)},
+    )
+    item = _message_item(item_id, text, "completed")
+    await send("response.output_item.done", {"item": item, "output_index": 0})
+    await send(
+        "response.completed", {"response": _response_done(head, item, seq, out.finish_reason)}
+    )
+    await resp.write_eof()
+    return resp

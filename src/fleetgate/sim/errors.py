@@ -68,11 +68,11 @@ def prompt_too_long(max_model_len: int) -> ApiError:
     )
 
 
-def max_tokens_over_len(max_tokens: int, max_model_len: int) -> ApiError:
+def max_tokens_over_len(max_tokens: int, max_model_len: int, param: str = "max_tokens") -> ApiError:
     return bad_param(
-        f"max_tokens={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+        f"{param}={max_tokens} cannot be greater than max_model_len={max_model_len}. "
         "Please request fewer output tokens.",
-        "max_tokens",
+        param,
         max_tokens,
     )
 

@@ -70,3 +70,26 @@ class TokenizeChatRequest(_Request):
 class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[int]
+
+
+class ResponsesRequest(_Request):
+    """vLLM's Responses API request, the fields a text model uses (the rest are accepted)."""
+
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    metadata: dict[str, Any] | None = None
+    model: str | None = None
+    parallel_tool_calls: bool | None = True
+    previous_response_id: str | None = None
+    service_tier: str = "auto"
+    store: bool | None = True
+    stream: bool | None = False
+    temperature: float | None = None
+    tool_choice: Any = "auto"
+    tools: list[dict[str, Any]] = []
+    top_p: float | None = None
+    truncation: str | None = "disabled"
+    user: str | None = None
+    seed: int | None = None
+    ignore_eos: bool = False
