@@ -250,6 +250,9 @@ class Gateway(_Strict):
     )
     health: HealthCheck = HealthCheck()
     redis_url: str | None = Field(default=None, description="share RPM/TPM between replicas")
+    cors_origins: list[str] = Field(
+        default=[], description="browser origins allowed to call the gateway ('*' for any)"
+    )
     defaults: Limits = DEFAULT_LIMITS
     routes: dict[Name, Route] = {}
     aliases: dict[Name, Name] = {}
@@ -259,6 +262,21 @@ class Gateway(_Strict):
         """How long a supervisor waits after SIGTERM before it kills the gateway: the drain
         deadline, plus time for the requests it ended to say so and for the process to exit."""
         return math.ceil(self.drain_timeout_s) + 15
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        """An origin is scheme://host[:port], as a browser sends it: no path, no slash."""
+        for origin in value:
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (
+                not sep or scheme not in ("http", "https") or not rest or "/" in rest
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] "
+                    "(e.g. https://chat.example.org) or '*'"
+                )
+        return value
 
     @field_validator("defaults")
     @classmethod

@@ -19,7 +19,8 @@ from fleetgate.fleetfile import Fleet, http_url, reachable
 from fleetgate.gateway import ui
 from fleetgate.gateway.auth import authenticate, authenticate_admin, authenticate_scraper
 from fleetgate.gateway.config import GatewayConfig, ModelConfig
-from fleetgate.gateway.errors import GatewayError
+from fleetgate.gateway.cors import add_cors_headers, cors_middleware
+from fleetgate.gateway.errors import GatewayError, not_found
 from fleetgate.gateway.listener import CappedSite, ServerLog
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import completions, tokenize
@@ -42,6 +43,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def text_completions(request: web.Request) -> web.StreamResponse:
     return await completions(request, request.app[GATEWAY], "completion")
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await completions(request, request.app[GATEWAY], "responses")
 
 
 async def tokenize_prompt(request: web.Request) -> web.StreamResponse:
@@ -90,7 +95,22 @@ def model_card(m: ModelConfig) -> dict[str, object]:
     }
 
 
+async def get_model(request: web.Request) -> web.Response:
+    """One model's card; a name the key may not use is as unknown as a missing one (404)."""
+    gw = request.app[GATEWAY]
+    name = request.match_info["model"]
+    try:
+        key = authenticate(gw.config, request)
+        model = gw.config.models.get(name)
+        if model is None or (key is not None and not key.allows(model)):
+            raise not_found(f"the model {name[:200]!r} does not exist on this gateway")
+    except GatewayError as exc:
+        return exc.response()
+    return _json(model_card(model))
+
+
 async def live(request: web.Request) -> web.Response:
+    """Liveness: the process answers (``/health`` as vLLM and most proxies answer it)."""
     return _json({"status": "ok"})
 
 
@@ -140,8 +160,13 @@ async def admin_reload(request: web.Request) -> web.Response:
 
 
 async def fallback(request: web.Request) -> web.Response:
-    """Unknown paths and methods get OpenAI-style errors too."""
+    """Unknown paths and methods get OpenAI-style errors too; ``OPTIONS`` on an endpoint says
+    what it allows (a browser's CORS preflight is answered before this, see :mod:`.cors`)."""
     allowed = _METHODS.get(request.path)
+    if allowed is None and request.path.startswith("/v1/models/"):
+        allowed = ("GET",)
+    if allowed is not None and request.method == "OPTIONS":
+        return web.Response(status=204, headers={"Allow": ", ".join((*allowed, "OPTIONS"))})
     if allowed is not None:
         return GatewayError(
             405,
@@ -163,18 +188,22 @@ def _with_gateway(
 
 
 # Every endpoint once: the router is built from this table, and the fallback's 405 reads it.
+# Each GET endpoint answers HEAD too.
 _ENDPOINTS: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/chat/completions", chat_completions),
     ("POST", "/v1/completions", text_completions),
+    ("POST", "/v1/responses", responses),
     ("GET", "/v1/models", list_models),
+    ("GET", "/v1/models/{model:.+}", get_model),
     ("POST", "/tokenize", tokenize_prompt),
+    ("GET", "/health", live),
     ("GET", "/health/live", live),
     ("GET", "/health/ready", ready),
     ("GET", "/metrics", metrics),
     ("POST", "/admin/reload", admin_reload),
     *((method, path, _with_gateway(handler)) for method, path, handler in ui.ENDPOINTS),
 )
-_METHODS = {path: (method,) for method, path, _ in _ENDPOINTS}
+_METHODS = {path: (method,) for method, path, _ in _ENDPOINTS if "{" not in path}
 
 
 def create_app(
@@ -193,11 +222,15 @@ def create_app(
     gateway = GatewayState(GatewayConfig.from_fleet(fleet), loader, access_stream)
     gateway.monitor.gpu_memory = {name: dict(split) for name, split in (gpu_memory or {}).items()}
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
-    app = web.Application(client_max_size=0)
+    app = web.Application(client_max_size=0, middlewares=[cors_middleware(lambda: gateway.config)])
     app[GATEWAY] = gateway
     app[ui.SIGN_IN_GUARD] = ui.SignInGuard()
+    app.on_response_prepare.append(add_cors_headers)
     for method, path, handler in _ENDPOINTS:
-        app.router.add_route(method, path, handler)
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD
+        else:
+            app.router.add_route(method, path, handler)
     app.router.add_route("*", "/{tail:.*}", fallback)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

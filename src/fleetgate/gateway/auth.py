@@ -15,7 +15,11 @@ from fleetgate.gateway.errors import admin_disabled, unauthorized
 
 
 def authenticate(config: GatewayConfig, request: web.Request) -> KeyConfig | None:
-    """The caller's key, or 401. An open gateway (no keys configured) admits everyone."""
+    """The caller's key, or 401. An open gateway (no keys configured) admits everyone.
+
+    The key comes as ``Authorization: Bearer``, or in ``x-api-key`` (Anthropic-style clients)
+    or ``api-key`` (Azure OpenAI clients).
+    """
     if config.open:
         return None
     header = request.headers.get("Authorization")
@@ -25,7 +29,8 @@ def authenticate(config: GatewayConfig, request: web.Request) -> KeyConfig | Non
         if scheme.lower() != "bearer":
             token = ""
     else:
-        token = request.headers.get("x-api-key", "")
+        headers = request.headers
+        token = headers.get("x-api-key") or headers.get("api-key") or ""
     token = token.strip()
     if not token:
         raise unauthorized("missing API key: send it as 'Authorization: Bearer <key>'")

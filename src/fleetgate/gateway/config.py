@@ -92,6 +92,8 @@ class GatewayConfig:
     redis_url: str | None
     admin_key_hash: str | None
     metrics_key_hash: str | None
+
+    cors_origins: frozenset[str] = frozenset()
     keys: dict[str, KeyConfig] = field(default_factory=dict)  # sha256(key) -> key
     models: dict[str, ModelConfig] = field(default_factory=dict)
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
@@ -154,6 +156,7 @@ class GatewayConfig:
             redis_url=gw.redis_url,
             admin_key_hash=hash_key(gw.admin_key) if gw.admin_key else None,
             metrics_key_hash=hash_key(gw.metrics_key) if gw.metrics_key else None,
+            cors_origins=frozenset(gw.cors_origins),
             keys=keys,
             models=models,
             deployments=deployments,

@@ -33,7 +33,13 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 # how long the request waited at the gateway for a slot: a client's TTFT includes it
 QUEUE_WAIT_HEADER = "x-fleetgate-queue-wait-ms"
 # vLLM serves the OpenAI paths: a request goes upstream under the path it came in on.
-_UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+_UPSTREAM_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "responses": "/v1/responses",
+}
+# The backend's own name for the model; the body's ``model`` says the name the client asked for.
+SERVED_MODEL_HEADER = "x-fleetgate-served-model"
 
 
 class Exchange:
@@ -188,9 +194,28 @@ class Exchange:
             admitted.used = usage[0] + usage[1]
         rec.status = 200
         return web.Response(
-            body=body,
-            headers={"Content-Type": resp.headers.get("content-type", JSON_TYPE), **_waited(rec)},
+            body=self._renamed(body),
+            headers={
+                "Content-Type": resp.headers.get("content-type", JSON_TYPE),
+                SERVED_MODEL_HEADER: self._served or "",
+                **_waited(rec),
+            },
         )
+
+    def _renamed(self, data: bytes) -> bytes:
+        """``data`` with the backend's model name replaced by the one the client asked for.
+
+        Only JSON structure can hold the bytes ``"model":"<served>"``: inside a JSON string
+        every quote is escaped, so generated text is never touched.
+        """
+        served, asked = self._served, self._model.name
+        if served is None or served == asked:
+            return data
+        for sep in (b":", b": "):
+            old = b'"model"' + sep + json.dumps(served).encode()
+            if old in data:
+                data = data.replace(old, b'"model"' + sep + json.dumps(asked).encode())
+        return data
 
     async def _stream(self) -> web.StreamResponse:
         gw, rec, admitted = self._gw, self.record, self._admitted
@@ -199,7 +224,10 @@ class Exchange:
         if resp.status != 200:
             rec.status, rec.reason = resp.status, "upstream_refused"
             return await _refuse_upstream(resp, self._gw.config.max_response_bytes)
-        out = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **_waited(rec)})
+        out = web.StreamResponse(
+            status=200,
+            headers={**_SSE_HEADERS, SERVED_MODEL_HEADER: self._served or "", **_waited(rec)},
+        )
         admitted.used = admitted.reserved
         finished = False
         try:
@@ -208,6 +236,7 @@ class Exchange:
             rec.status = 200
             skip_blank = False
             first = True
+            responses = self._req.kind == "responses"
             async for line in _lines(resp):
                 if first:
                     first = False
@@ -223,13 +252,21 @@ class Exchange:
                     except (ValueError, RecursionError):
                         chunk = None
                     if isinstance(chunk, dict):
-                        usage = _usage_total(chunk.get("usage"))
+                        # chat/completions: a usage chunk; Responses: response.completed
+                        response = chunk.get("response")
+                        holder = response if isinstance(response, dict) else chunk
+                        usage = _usage_total(holder.get("usage"))
                         if usage is not None:
                             rec.tokens_in, rec.tokens_out = usage
                             admitted.used = usage[0] + usage[1]
-                            if not chunk.get("choices") and not self._req.include_usage:
+                            if (
+                                not responses
+                                and not chunk.get("choices")
+                                and not self._req.include_usage
+                            ):
                                 skip_blank = True
                                 continue
+                line = self._renamed(line)
                 await out.write(line)
                 self._tail = line
             finished = True
@@ -257,6 +294,10 @@ def _upstream_payload(req: ParsedRequest, admitted: Admitted, served_model: str)
     usage always requested on streams (the gateway settles TPM on it)."""
     body = req.body
     body["model"] = served_model
+    if req.kind == "responses":
+        if admitted.max_tokens is not None:
+            body["max_output_tokens"] = admitted.max_tokens
+        return _ENCODER.encode(body).encode()
     if admitted.max_tokens is not None:
         if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
             body["max_completion_tokens"] = admitted.max_tokens
@@ -280,10 +321,12 @@ def _count(value: object) -> int | None:
 
 
 def _usage_total(usage: object) -> tuple[int, int] | None:
-    """The prompt and completion tokens of a backend's usage, if both are plausible counts."""
+    """The prompt and completion tokens of a backend's usage (chat/completions or Responses
+    names), if both are plausible counts."""
     if not isinstance(usage, dict):
         return None
-    p, c = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    p = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    c = _count(usage.get("completion_tokens", usage.get("output_tokens")))
     return (p, c) if p is not None and c is not None else None
 
 

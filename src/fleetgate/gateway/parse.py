@@ -1,8 +1,12 @@
 """Reading and checking a client's JSON body, just enough to admit it safely.
 
 The backend validates the rest; what is checked here is what the gateway itself relies on
-(types of ``model``, ``messages``, ``prompt``, ``max_tokens``, ``stream``), so a hostile body
-gets a 400 and never trips the gateway.
+(types of ``model``, ``messages``, ``prompt``, ``input``, ``max_tokens``, ``stream``), so a
+hostile body gets a 400 and never trips the gateway.
+
+A Responses API request (``/v1/responses``) is counted as the chat messages vLLM builds from it
+(``instructions`` as a system message, then ``input``: a string as one user message, or its
+items; see vLLM's ``responses/utils.py``), so its count is the one generation sees.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def load_json(raw: bytes) -> Any:
 class ParsedRequest:
     """What admission needs from a completion request; ``body`` is forwarded after edits."""
 
-    kind: str  # "chat" | "completion"
+    kind: str  # "chat" | "completion" | "responses"
     body: dict[str, Any]
     model: str
     stream: bool
@@ -104,10 +108,30 @@ class ParsedRequest:
     # An upper bound on prompt tokens per prompt, or None when only the backend can count.
     bound: int | None
     prompts: int  # how many prompts the request carries (completions accept a batch)
+    # the chat messages (and chat-style tools) a Responses request renders as
+    messages: list[Any] | None = None
+    tools: list[Any] | None = None
+
+    @property
+    def prompt_field(self) -> str:
+        """What the client calls its prompt, as error messages and ``param`` name it."""
+        return {"chat": "messages", "completion": "prompt"}.get(self.kind, "input")
+
+    @property
+    def output_field(self) -> str:
+        """What the client calls its output limit."""
+        return "max_output_tokens" if self.kind == "responses" else "max_tokens"
 
     def tokenize_payloads(self) -> list[dict[str, Any]]:
         """Bodies for the backend's /tokenize, one per prompt (without ``model``)."""
         body = self.body
+        if self.kind == "responses":
+            # vLLM tokenizes a rendered Responses prompt with special tokens added (a second
+            # BOS on templates that write one), unlike a chat request: count it the same way.
+            payload: dict[str, Any] = {"messages": self.messages, "add_special_tokens": True}
+            if self.tools:
+                payload["tools"] = self.tools
+            return [payload]
         if self.kind == "chat":
             payload = {"messages": body["messages"]}
             payload.update({k: body[k] for k in _TEMPLATE_FIELDS if k in body})
@@ -158,6 +182,12 @@ def parse_request(kind: str, raw: bytes) -> ParsedRequest:
     if options is not None and not isinstance(options, dict):
         raise bad_request("stream_options must be an object", param="stream_options")
     include_usage = bool(options and options.get("include_usage") is True)
+    if kind == "responses":
+        max_tokens = _optional_int(body, "max_output_tokens", 1)
+        messages, tools, bound = _check_responses(body)
+        return ParsedRequest(
+            kind, body, model, stream, False, max_tokens, 1, bound, 1, messages, tools
+        )
     max_tokens = _optional_int(body, "max_tokens", 1)
     if kind == "chat":
         completion_tokens = _optional_int(body, "max_completion_tokens", 1)
@@ -212,6 +242,100 @@ def _check_chat(body: dict[str, Any]) -> int | None:
         if isinstance(name, str):
             texts.append(name)
     return chat_token_bound(texts, len(messages)) if plain else None
+
+
+def _check_responses(body: dict[str, Any]) -> tuple[list[Any], list[Any] | None, int | None]:
+    """The chat messages and tools a Responses request is rendered with, and a token bound
+    when they are plain text."""
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise bad_request("instructions must be a string", param="instructions")
+    raw = body.get("input")
+    messages: list[Any] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    plain = True
+    if isinstance(raw, str):
+        messages.append({"role": "user", "content": raw})
+    elif isinstance(raw, list) and raw:
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise bad_request(f"input[{i}] must be an object", param="input")
+            message, item_plain = _response_item(item, messages[-1] if messages else None)
+            plain = plain and item_plain
+            if message is not None:
+                messages.append(message)
+    else:
+        raise bad_request(
+            "input is required: a string or a non-empty array of items", param="input"
+        )
+    tools = body.get("tools")
+    chat_tools = None
+    if tools:
+        if not isinstance(tools, list):
+            raise bad_request("tools must be an array", param="tools")
+        chat_tools = [
+            {"type": "function", "function": {k: t[k] for k in _TOOL_KEYS if k in t}}
+            for t in tools
+            if isinstance(t, dict) and t.get("type") == "function"
+        ]
+        plain = False
+    if not plain or not messages:
+        return messages, chat_tools, None
+    return messages, None, _check_chat({"messages": messages})
+
+
+_TOOL_KEYS = ("name", "description", "parameters")
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+
+
+def _response_item(item: dict[str, Any], prev: Any) -> tuple[dict[str, Any] | None, bool]:
+    """One input item as a chat message, the way vLLM maps it (``None``: merged into the
+    previous assistant message), and whether it is plain text the byte bound covers."""
+    kind = item.get("type")
+    assistant = prev if isinstance(prev, dict) and prev.get("role") == "assistant" else None
+    if kind == "function_call":
+        call = {
+            "id": item.get("call_id"),
+            "type": "function",
+            "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+        }
+        if assistant is not None and isinstance(assistant.get("tool_calls", []), list):
+            assistant.setdefault("tool_calls", []).append(call)
+            return None, False
+        return {"role": "assistant", "tool_calls": [call]}, False
+    if kind == "function_call_output":
+        return {
+            "role": "tool",
+            "content": item.get("output"),
+            "tool_call_id": item.get("call_id"),
+        }, False
+    if kind == "reasoning":
+        return None, False  # the templates of plain chat models drop it
+    role = item.get("role")
+    if not isinstance(role, str):
+        raise bad_request(
+            f"input items need a role or a known type, got type {str(kind)[:50]!r}",
+            param="input",
+        )
+    content = item.get("content")
+    if isinstance(content, list):
+        parts = []
+        plain = True
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in _TEXT_PARTS:
+                parts.append({"type": "text", "text": part.get("text")})
+            else:
+                parts.append(part)
+                plain = False
+        if role == "assistant" and parts and plain:
+            text = parts[0]["text"]
+            if assistant is not None and assistant.get("content") is None:
+                assistant["content"] = text
+                return None, True
+            return {"role": "assistant", "content": text}, True
+        return {"role": role, "content": parts}, plain
+    return {"role": role, "content": content}, True
 
 
 def _check_completion(body: dict[str, Any]) -> tuple[int | None, int]:

@@ -36,7 +36,8 @@ log = logging.getLogger("fleetgate.gateway")
 
 
 async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.StreamResponse:
-    """``/v1/chat/completions`` (``kind`` "chat") or ``/v1/completions`` ("completion")."""
+    """``/v1/chat/completions`` (``kind`` "chat"), ``/v1/completions`` ("completion") or
+    ``/v1/responses`` ("responses"): one admission for all three."""
 
     async def handle(rec: AccessRecord) -> web.StreamResponse:
         config = gw.config
@@ -51,7 +52,10 @@ async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.
         return await Exchange(gw, request, rec, model, req, admitted).run()
 
     # the endpoint label, as /metrics says it
-    return await _recorded(gw, request, "chat" if kind == "chat" else "completions", handle)
+    return await _recorded(gw, request, _ENDPOINT_LABELS[kind], handle)
+
+
+_ENDPOINT_LABELS = {"chat": "chat", "completion": "completions", "responses": "responses"}
 
 
 async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse:

@@ -94,36 +94,41 @@ async def check_tokens(upstream: Upstream, model: ModelConfig, req: ParsedReques
         for payload in req.tokenize_payloads():
             lengths.append(await upstream.count_tokens(model.deployments, payload))
         prompt = max(lengths)
-    param = "messages" if req.kind == "chat" else "prompt"
+    what, out_field = req.prompt_field, req.output_field
     if limit_in is not None and prompt > limit_in:
+        # Worded as OpenAI and vLLM word it ("This model's maximum context length is"): that is
+        # how LiteLLM and LangChain-style wrappers recognise a context overflow.
         raise context_length(
-            f"the prompt is {prompt} tokens, over the maximum of {limit_in} input tokens "
-            f"allowed on {model.name!r}",
-            param=param,
+            f"This model's maximum context length is {limit_in} input tokens on "
+            f"{model.name!r} (its max_input_tokens). However, your {what} resulted in {prompt} "
+            f"input tokens. Please reduce the length of the {what}.",
+            param=what,
         )
     max_tokens = asked
     if asked is not None and limit_out is not None and asked > limit_out:
         if not model.clamp_max_tokens:
             raise bad_request(
-                f"max_tokens={asked} is over the maximum of {limit_out} output tokens "
+                f"{out_field}={asked} is over the maximum of {limit_out} output tokens "
                 f"allowed on {model.name!r}",
-                param="max_tokens",
+                param=out_field,
                 code="max_tokens_exceeded",
             )
         max_tokens = limit_out
     if context is not None:
         if max_tokens is not None and prompt + max_tokens > context:
             raise context_length(
-                f"the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) is "
-                f"{prompt + max_tokens} tokens, over the model's context length of {context} "
-                "tokens",
-                param="max_tokens",
+                f"This model's maximum context length is {context} tokens. However, you "
+                f"requested {prompt + max_tokens} tokens ({prompt} in the {what}, {max_tokens} "
+                f"in the completion: {out_field}). Please reduce the length of the {what} or "
+                "completion.",
+                param=out_field,
             )
         if max_tokens is None and prompt >= context:
             raise context_length(
-                f"the prompt ({prompt} tokens) leaves no room to answer within the model's "
-                f"context length of {context} tokens",
-                param=param,
+                f"This model's maximum context length is {context} tokens. However, your "
+                f"{what} resulted in {prompt} tokens, which leaves no room for the completion. "
+                f"Please reduce the length of the {what}.",
+                param=what,
             )
     if max_tokens is None and limit_out is not None:
         max_tokens = limit_out if context is None else min(limit_out, context - prompt)
