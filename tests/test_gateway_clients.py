@@ -277,17 +277,22 @@ async def test_responses_api_with_the_openai_sdk_unary_and_streaming(sim) -> Non
 
 
 async def test_responses_settle_tpm_on_the_reported_usage(sim) -> None:
-    # TPM 400: the bound reserved for each request is far more than it uses; settled on usage,
-    # many small requests fit in the minute.
-    async with serve(make_fleet(doc(sim.port, tpm=400, max_output_tokens=8))) as gw:
+    # Each request reserves its prompt plus the route's 50 output tokens (~56) against a TPM of
+    # 150 and uses about a third of that: six fit in the minute only if each is settled on the
+    # usage the response reports.
+    async with serve(make_fleet(doc(sim.port, tpm=150))) as gw:
         oa = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0)
+        used = 0
         for stream in (False, True, False, True, False, True):
             if stream:
-                async with oa.responses.stream(model=ROUTE, input="hi", max_output_tokens=4) as s:
-                    await s.get_final_response()
+                async with oa.responses.stream(model=ROUTE, input="hi") as s:
+                    reply = await s.get_final_response()
             else:
-                await oa.responses.create(model=ROUTE, input="hi", max_output_tokens=4)
+                reply = await oa.responses.create(model=ROUTE, input="hi")
+            assert reply.usage is not None
+            used += reply.usage.total_tokens
         await oa.close()
+        assert used <= 150
 
 
 async def _count(url: str, messages: list[tuple[str, str]]) -> int:

@@ -69,7 +69,7 @@ async def test_exact_input_limit_against_real_vllm(vllm_server) -> None:
             else:
                 assert data["error"]["code"] == "context_length_exceeded"
                 assert f"{LIMIT + 1} tokens" in data["error"]["message"]
-                assert f"maximum of {LIMIT} input tokens" in data["error"]["message"]
+                assert f"maximum context length is {LIMIT} input tokens" in data["error"]["message"]
 
 
 async def test_streamed_usage_settles_tpm_against_real_vllm(vllm_server) -> None:

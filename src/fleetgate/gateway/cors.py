@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from fleetgate.gateway.config import GatewayConfig
 
@@ -42,7 +42,7 @@ def allowed_origin(config: GatewayConfig, origin: str | None) -> str | None:
     return origin if origin in origins else None
 
 
-def cors_middleware(config: Callable[[], GatewayConfig]) -> Callable[..., object]:
+def cors_middleware(config: Callable[[], GatewayConfig]) -> Middleware:
     """Answer preflights of allowed origins; ``config`` gives the live (reloadable) config."""
 
     @web.middleware
