@@ -497,3 +497,16 @@ def test_ipv6_hosts_get_bracketed_urls_in_every_layer() -> None:
     for url in (*units.values(), gateway.deployments["llama"].url):
         parts = urlsplit(url)
         assert (parts.hostname, parts.port) in (("fd00::2", 8000), ("fd00::2", 4000))
+
+
+def test_litellm_export_says_per_route_what_litellm_does_differently() -> None:
+    source = source_of(load_fleet(FLEET, strict_env=False))
+    head = [line for line in render_litellm(source).splitlines() if line.startswith("#")]
+    text = "\n".join(head)
+    assert "# qwen2.5-7b-armitage: max_output_tokens 768 is NOT enforced" in text
+    assert "# qwen2.5-7b-armitage: max_input_tokens 7000 is checked with LiteLLM's own" in text
+    assert (
+        "# llama31-8b-wintermute-burst: a request finding every slot busy gets an immediate 429"
+        in text
+    )
+    assert not any(line.startswith("# qwen: ") for line in head)  # aliases: see their route

@@ -15,6 +15,14 @@ say them. What it cannot:
   only the ``master_key`` (allowed every model); per-key model lists are LiteLLM virtual keys,
   made through its API with a database.
 - fleetgate's queue (``queue_depth``, ``queue_wait_s``).
+
+And what LiteLLM enforces differently, said per public name in the export's header
+(:func:`_differences`): LiteLLM has no per-deployment cap on max_tokens (``model_info``'s
+``max_output_tokens`` is information, not a limit, and ``litellm_params`` values are defaults
+a request overrides), so an output limit would need a proxy pre-call hook
+(``async_pre_call_hook``), Python code this export does not write; it counts input with its own
+tokenizer for ``enable_pre_call_checks`` (not the backend's chat template); and a full slot
+pool is an immediate 429 without Retry-After instead of a place in a queue.
 """
 
 from __future__ import annotations
@@ -90,6 +98,27 @@ def _shares(lanes: list[PublicModel], slots: dict[str, int]) -> dict[tuple[str, 
     return shares
 
 
+def _differences(public: PublicModel) -> list[str]:
+    """Where LiteLLM, given this export, behaves differently from fleetgate for ``public``."""
+    lim = public.limits
+    said: list[str] = []
+    if lim.max_output_tokens is not None:
+        said.append(
+            f"max_output_tokens {lim.max_output_tokens} is NOT enforced (no per-deployment "
+            "max_tokens cap; it would take a pre-call hook): longer answers come back"
+        )
+    if lim.max_input_tokens is not None:
+        said.append(
+            f"max_input_tokens {lim.max_input_tokens} is checked with LiteLLM's own tokenizer, "
+            "not the backend's count with its chat template: the edge moves by some tokens"
+        )
+    said.append(
+        "a request finding every slot busy gets an immediate 429 without Retry-After, where "
+        f"fleetgate queues up to {lim.queue_depth} for {lim.queue_wait_s:g} s"
+    )
+    return [f"{public.name}: {line}" for line in said]
+
+
 def render_litellm(source: Source) -> str:
     fleet = source.fleet
     gw = require_gateway(fleet)
@@ -163,4 +192,8 @@ def render_litellm(source: Source) -> str:
         "# in LiteLLM are virtual keys made through its API.\n"
     )
     head += "".join(f"# {note}\n" for note in notes)
+    head += "# What LiteLLM does differently from fleetgate, per public name:\n"
+    head += "".join(
+        f"# {line}\n" for m in models.values() if m.kind != "alias" for line in _differences(m)
+    )
     return head + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)
