@@ -451,3 +451,99 @@ def test_metrics_names_types_labels_and_buckets(pair: Pair) -> None:
         assert {x for x in s_samples if not x[0].endswith("_created")} == {
             x for x in r_samples if not x[0].endswith("_created")
         }, name
+
+
+# -- the Responses API ------------------------------------------------------------------------
+
+RESPONSES = "/v1/responses"
+ITEMS = [
+    {"role": "user", "content": "hi"},
+    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "yo"}]},
+    {"role": "user", "content": [{"type": "input_text", "text": "again"}]},
+]
+
+
+def named_events(resp: httpx.Response) -> list[tuple[str, Any]]:
+    """A Responses stream as (event name, data) pairs; its data's ``type`` is the name."""
+    out = []
+    for block in resp.text.split("\n\n"):
+        lines = block.splitlines()
+        if len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "):
+            out.append((lines[0][7:], json.loads(lines[1][6:])))
+        else:
+            assert not block.strip(), block
+    return out
+
+
+def test_responses_reply_shape_and_usage(pair: Pair) -> None:
+    body = {"model": VLLM_SERVED_NAME, "input": "hello there", "max_output_tokens": 5}
+    real, sim = pair.post(RESPONSES, body)
+    assert sim.status_code == real.status_code == 200
+    assert keys(sim.json()) == keys(real.json())
+    for resp in (real.json(), sim.json()):
+        assert resp["object"] == "response" and resp["id"].startswith("resp_")
+        assert resp["status"] == "incomplete"
+        assert resp["incomplete_details"] == {"reason": "max_output_tokens"}
+        assert resp["usage"]["output_tokens"] == 5
+        assert resp["output"][0]["type"] == "message"
+
+
+def test_responses_input_tokens_are_the_chat_count_with_special_tokens(pair: Pair) -> None:
+    """vLLM renders ``instructions`` + ``input`` as chat messages and tokenizes them with
+    special tokens added: /tokenize with ``add_special_tokens`` gives the same count (the
+    gateway counts Responses requests that way)."""
+    body = {"model": VLLM_SERVED_NAME, "instructions": "be brief", "input": ITEMS,
+            "max_output_tokens": 2}  # fmt: skip
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": [{"type": "text", "text": "again"}]},
+    ]
+    for client in (pair.real, pair.sim):
+        count = pair.count(client, {"messages": messages, "add_special_tokens": True})
+        plain = pair.count(client, {"messages": messages})
+        assert count == plain + 1  # the tokenizer's BOS before the template's own
+        assert client.post(RESPONSES, json=body).json()["usage"]["input_tokens"] == count
+
+
+def test_responses_stream_events(pair: Pair) -> None:
+    body = {"model": VLLM_SERVED_NAME, "input": "hello there", "max_output_tokens": 4,
+            "stream": True}  # fmt: skip
+    real, sim = pair.post(RESPONSES, body)
+    assert sim.headers["content-type"] == real.headers["content-type"]
+    r, s = named_events(real), named_events(sim)
+    for stream in (r, s):
+        assert all(name == data["type"] for name, data in stream)
+        assert [data["sequence_number"] for _, data in stream] == list(range(len(stream)))
+
+    def collapsed(stream: list[tuple[str, Any]]) -> list[str]:
+        names = [name for name, _ in stream]
+        return [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
+
+    # text deltas group differently (the real detokenizer holds partial characters back)
+    assert collapsed(s) == collapsed(r)
+    assert collapsed(s)[0] == "response.created" and collapsed(s)[-1] == "response.completed"
+    by_name_r, by_name_s = dict(r), dict(s)
+    for name in by_name_r:
+        assert keys(by_name_s[name]) == keys(by_name_r[name]), name
+    assert by_name_s["response.completed"]["response"]["usage"]["output_tokens"] == 4
+    assert by_name_r["response.completed"]["response"]["usage"]["output_tokens"] == 4
+    assert "[DONE]" not in real.text and "[DONE]" not in sim.text
+
+
+@pytest.mark.parametrize(
+    "body,exact",
+    [
+        ({"model": VLLM_SERVED_NAME}, True),  # no input
+        ({"model": "nope", "input": "hi"}, True),
+        ({"model": VLLM_SERVED_NAME, "input": "hi", "max_output_tokens": LIMIT + 1}, True),
+    ],
+)
+def test_responses_errors(pair: Pair, body: dict[str, Any], exact: bool) -> None:
+    same_error(*pair.post(RESPONSES, body), exact=exact)
+
+
+def test_responses_input_over_max_model_len(pair: Pair) -> None:
+    body = {"model": VLLM_SERVED_NAME, "input": "hello " * (LIMIT + 10), "max_output_tokens": 5}
+    same_error(*pair.post(RESPONSES, body))

@@ -69,7 +69,7 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "fleetgate_requests",
-            "Requests by public model, endpoint (chat, completions, tokenize), status and "
+            "Requests by public model, endpoint (chat, completions, responses, tokenize), status and "
             "refusal reason",
             ["model", "endpoint", "status", "reason"],
             registry=r,
