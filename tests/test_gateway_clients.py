@@ -414,3 +414,36 @@ async def test_vllm_bench_serve_through_the_gateway(tmp_path) -> None:
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["completed"] == 20 and result["failed"] == 0, text[-3000:]
     assert "/tokenize unavailable, skipping alignment" in text
+
+
+async def test_guidellm_constant_rate_run_with_its_backend_validation(tmp_path) -> None:
+    """guidellm (the vLLM project's load tester) validates its backend with ``GET /health``
+    before it starts, then a short constant-rate run: every request succeeds."""
+    from tests.support.tiny_model import cached_tiny_model
+
+    guidellm = os.environ.get("FLEETGATE_GUIDELLM")
+    if not guidellm:
+        pytest.skip("FLEETGATE_GUIDELLM is not set (bash .ci/run sets it up)")
+    config = SimConfig(model="tiny", max_model_len=2048, max_num_seqs=4, decode_tps=500.0)
+    async with SimServer(config) as sim:
+        fleet = doc(sim.port, max_input_tokens=1000, max_output_tokens=100)
+        fleet["deployments"]["d1"]["max_model_len"] = 2048
+        async with serve(make_fleet(fleet)) as gw:
+            proc = await asyncio.create_subprocess_exec(
+                guidellm, "run",
+                "--backend", f"kind=openai_http,target={gw.url},model={ROUTE},api_key={KEY}",
+                "--profile", "kind=constant,rate=4",
+                "--constraint", "kind=max_requests,count=12",
+                "--data", "kind=synthetic_text,prompt_tokens=32,output_tokens=8",
+                "--tokenizer", f"kind=huggingface_auto,model={cached_tiny_model()}",
+                "--output", f"kind=json,path={tmp_path / 'guidellm.json'}",
+                "--disable-console-interactive",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    state = json.loads((tmp_path / "guidellm.json").read_text())["benchmarks"][0]
+    counts = state["scheduler_state"]
+    assert counts["successful_requests"] == 12, text[-3000:]
+    assert counts["errored_requests"] == 0 and counts["cancelled_requests"] == 0
