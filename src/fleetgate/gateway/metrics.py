@@ -69,8 +69,8 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "fleetgate_requests",
-            "Requests by public model, endpoint (chat, completions, responses, tokenize), status and "
-            "refusal reason",
+            "Requests by public model, endpoint (chat, completions, responses, tokenize), "
+            "status and refusal reason",
             ["model", "endpoint", "status", "reason"],
             registry=r,
         )
