@@ -98,3 +98,40 @@ async def test_streamed_usage_settles_tpm_against_real_vllm(vllm_server) -> None
         level = gw.gateway.limiter._buckets[("real-route", "tpm")][0]  # type: ignore[attr-defined]
         expected = tpm - (prompt + line_used)
         assert expected - 1 <= level <= expected + tpm / 60 * elapsed + 1
+
+
+async def test_responses_api_through_the_gateway_against_real_vllm(vllm_server) -> None:
+    """The openai SDK's Responses API through the gateway to a real vLLM: the gateway's count
+    of ``instructions`` + ``input`` is the input_tokens vLLM reports, and a stream's events
+    arrive intact, ending in ``response.completed`` with the name the client asked for."""
+    import openai
+
+    doc = _doc(vllm_server, max_input_tokens=LIMIT, max_output_tokens=8)
+    doc["gateway"]["aliases"] = {"real-alias": "real-route"}
+    async with serve(make_fleet(doc)) as gw:
+        oa = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+        reply = await oa.responses.create(
+            model="real-alias", instructions="be brief", input="hello there", max_output_tokens=4
+        )
+        assert reply.model == "real-alias" and reply.usage is not None
+        body = {
+            "model": "real-route",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hello there"},
+            ],
+            "add_special_tokens": True,
+        }
+        async with aiohttp.ClientSession() as s, s.post(gw.url + "/tokenize", json=body) as r:
+            assert reply.usage.input_tokens == (await r.json())["count"]
+        kinds = []
+        async with oa.responses.stream(model="real-route", input="hi", max_output_tokens=4) as st:
+            async for event in st:
+                kinds.append(event.type)
+            final = await st.get_final_response()
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+        assert final.usage is not None and final.usage.output_tokens == 4
+        with pytest.raises(openai.BadRequestError) as over:
+            await oa.responses.create(model="real-route", input="hello " * (LIMIT + 10))
+        assert over.value.code == "context_length_exceeded"
+        await oa.close()
