@@ -68,7 +68,7 @@ async def test_exact_input_limit_against_real_vllm(vllm_server) -> None:
                 assert data["usage"]["prompt_tokens"] == LIMIT
             else:
                 assert data["error"]["code"] == "context_length_exceeded"
-                assert f"{LIMIT + 1} tokens" in data["error"]["message"]
+                assert f"resulted in {LIMIT + 1} input tokens" in data["error"]["message"]
                 assert f"maximum context length is {LIMIT} input tokens" in data["error"]["message"]
 
 
