@@ -121,7 +121,7 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
 
 def _is_secret(loc: tuple[str, ...]) -> bool:
     """Fields whose values must not be echoed into error output."""
-    return bool(loc) and (loc[-1].endswith("key") or loc[-1] == "redis_url")
+    return bool(loc) and (loc[-1].endswith("key") or loc[-1] in ("redis_url", "store"))
 
 
 def _problems_from(error: ValidationError, lines: dict[tuple[str, ...], int]) -> list[Problem]:

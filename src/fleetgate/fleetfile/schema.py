@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -190,10 +191,48 @@ class Route(Limits):
     profiles: dict[Name, Limits] = {}
 
 
+# A key's priority class: higher is served first. The two names are the usual classes; a small
+# integer places a key between or around them.
+PRIORITY_CLASSES = {"interactive": 10, "batch": 0}
+Priority = Literal["interactive", "batch"] | Annotated[int, Field(ge=0, le=100)]
+PERIODS = ("day", "week", "month")
+
+
+def priority_value(priority: Priority) -> int:
+    """The number a priority class stands for (``interactive`` 10, ``batch`` 0)."""
+    return PRIORITY_CLASSES[priority] if isinstance(priority, str) else priority
+
+
+class Budgets(_Strict):
+    """What a key may spend per calendar day, week (from Monday) and month, in the gateway's
+    time zone; tokens are prompt + completion as the backend reports them."""
+
+    tokens_per_day: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_week: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_month: Annotated[int, Field(ge=1)] | None = None
+    requests_per_day: Annotated[int, Field(ge=1)] | None = None
+    requests_per_week: Annotated[int, Field(ge=1)] | None = None
+    requests_per_month: Annotated[int, Field(ge=1)] | None = None
+
+    def limits(self) -> list[tuple[str, str, int]]:
+        """Each budget that is set, as (``tokens`` or ``requests``, period, allowed)."""
+        return [
+            (unit, period, value)
+            for unit in ("tokens", "requests")
+            for period in PERIODS
+            if (value := getattr(self, f"{unit}_per_{period}")) is not None
+        ]
+
+
 class ApiKey(_Strict):
     name: Name
     key: str = Field(min_length=1, repr=False)
     routes: list[str] = ["*"]
+    priority: Priority = "interactive"
+    max_concurrency: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="requests of this key in flight at once; more wait in the queue"
+    )
+    budgets: Budgets = Budgets()
 
     @field_validator("key")
     @classmethod
@@ -253,6 +292,13 @@ class Gateway(_Strict):
     cors_origins: list[str] = Field(
         default=[], description="browser origins allowed to call the gateway ('*' for any)"
     )
+    store: str | None = Field(
+        default=None,
+        repr=False,
+        description="keys created at run time and usage: a SQLite file path, or a "
+        "postgresql:// DSN shared by several gateways; default: in memory",
+    )
+    timezone: str = Field(default="UTC", description="where budget days, weeks and months begin")
     defaults: Limits = DEFAULT_LIMITS
     routes: dict[Name, Route] = {}
     aliases: dict[Name, Name] = {}
@@ -276,6 +322,17 @@ class Gateway(_Strict):
                     f"{origin!r} is not an origin: write scheme://host[:port] "
                     "(e.g. https://chat.example.org) or '*'"
                 )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+            ) from None
         return value
 
     @field_validator("defaults")
