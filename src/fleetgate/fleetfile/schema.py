@@ -224,15 +224,21 @@ class Budgets(_Strict):
         ]
 
 
-class ApiKey(_Strict):
+class KeySpec(_Strict):
+    """What a client key may use and spend (a key of the fleet file, or one made at run time
+    with ``fleetgate keys create``)."""
+
     name: Name
-    key: str = Field(min_length=1, repr=False)
     routes: list[str] = ["*"]
     priority: Priority = "interactive"
     max_concurrency: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="requests of this key in flight at once; more wait in the queue"
     )
     budgets: Budgets = Budgets()
+
+
+class ApiKey(KeySpec):
+    key: str = Field(min_length=1, repr=False)
 
     @field_validator("key")
     @classmethod

@@ -1,14 +1,21 @@
-"""Concurrency slots per deployment and a bounded FIFO queue, with a deadline, per lane.
+"""Concurrency slots per deployment and a bounded queue, with a deadline, per lane.
 
 A lane is a route or one of its profiles: lanes that point at the same deployment share its
 slots, but each has its own queue depth and wait. Slots are handed straight from a finishing
-request to the oldest waiter (by arrival, across lanes), so nobody barges past the queue.
+request to the next waiter, so nobody barges past the queue. Which waiter is next is the fair
+order (:meth:`Admission._next_for`): the highest priority class first, then the key that has
+been granted the fewest slots (a start-time fair queue with unit cost: a key that queued 100
+requests takes turns with a key that queued one), then arrival. A waiter past half its wait is
+promoted above every class, so low-priority work is served before its deadline however much
+high-priority work keeps arriving. A key at its ``max_concurrency`` waits until one of its own
+requests ends. ``Admission(fair=False)`` is the plain FIFO by arrival (the benchmark's baseline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -70,6 +77,22 @@ class SlotPool:
             since.remove(min(since, key=lambda s: abs(s - target)))
 
 
+@dataclass(frozen=True)
+class Claimant:
+    """Who a waiter waits for: a key's name, its priority class (higher first) and how many of
+    its requests may hold slots at once (None: no cap)."""
+
+    key: str
+    priority: int = 10
+    max_concurrency: int | None = None
+
+
+ANONYMOUS = Claimant("")
+# A waiter past this share of its queue wait outranks every priority class.
+AGING_SHARE = 0.5
+_PROMOTED = 1 << 16
+
+
 @dataclass(eq=False)
 class _Waiter:
     seq: int
@@ -78,17 +101,22 @@ class _Waiter:
     candidates: tuple[str, ...]
     future: asyncio.Future[SlotPool]
     slots: int = 1  # sequences the request runs at once (n, or a batch of prompts)
+    claimant: Claimant = ANONYMOUS
+    age_at: float = math.inf  # monotonic time from which it is promoted
     since: float = field(default_factory=monotonic)
 
 
 class Admission:
     """Hands out deployment slots; queues the rest, bounded per lane."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fair: bool = True) -> None:
         self.pools: dict[str, SlotPool] = {}
         self.recheck_s = 5.0  # how often a down deployment is checked again (Retry-After of 503)
+        self.fair = fair
         self._queues: dict[str, deque[_Waiter]] = {}
         self._seq = itertools.count()
+        self._running: dict[str, int] = {}  # key -> its requests holding slots
+        self._granted: dict[str, int] = {}  # key -> virtual time: grants so far (fair order)
 
     # -- configuration and health -------------------------------------------------------------
 
@@ -177,17 +205,21 @@ class Admission:
         *,
         route: str | None = None,
         slots: int = 1,
+        claimant: Claimant = ANONYMOUS,
     ) -> SlotPool:
         """``slots`` slots on one deployment now (a request running ``slots`` sequences holds
         that many), or a place in the lane's queue until they free up or ``wait_s`` passes.
 
         Raises 400 when no candidate has that many slots at all, 429 when the queue is full or
         the wait runs out, 503 when every candidate of ``route`` (default: the lane) is down.
-        A cancelled caller (client gone) leaves the queue.
+        A cancelled caller (client gone) leaves the queue. Give the slots back with
+        :meth:`release` and the same ``claimant``.
         """
-        pool = self.try_acquire(candidates, slots=slots)
-        if pool is not None:
-            return pool
+        if not self._capped(claimant):
+            pool = self.try_acquire(candidates, slots=slots)
+            if pool is not None:
+                self._grant(claimant)
+                return pool
         route = route or lane
         most = max((p.capacity for c in candidates if (p := self.pools.get(c))), default=0)
         if slots > most:
@@ -211,7 +243,19 @@ class Admission:
                 retry_after=self.estimate_wait(candidates, first),
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(next(self._seq), lane, route, candidates, loop.create_future(), slots)
+        self._catch_up(claimant)
+        now = monotonic()
+        waiter = _Waiter(
+            next(self._seq),
+            lane,
+            route,
+            candidates,
+            loop.create_future(),
+            slots,
+            claimant,
+            now + AGING_SHARE * wait_s,
+            now,
+        )
         queue.append(waiter)
         try:
             async with asyncio.timeout(wait_s):
@@ -232,15 +276,39 @@ class Admission:
         except asyncio.CancelledError:
             granted = self._leave(queue, waiter)
             if granted is not None:
-                self.release(granted, slots=slots)
+                self.release(granted, slots=slots, claimant=claimant)
             raise
 
-    def release(self, pool: SlotPool, held_s: float | None = None, slots: int = 1) -> None:
+    def release(
+        self,
+        pool: SlotPool,
+        held_s: float | None = None,
+        slots: int = 1,
+        *,
+        claimant: Claimant | None = None,
+    ) -> None:
+        """Give slots back. ``claimant`` is the one they were acquired for (None: a retry moving
+        its slots to another deployment, which keeps the key's count as it is)."""
         pool.give_back(held_s, slots)
         if held_s is not None:
             prev = pool.service_s
             pool.service_s = held_s if prev is None else prev + _EWMA * (held_s - prev)
+        if claimant is not None:
+            left = self._running.get(claimant.key, 1) - 1
+            if left > 0:
+                self._running[claimant.key] = left
+            else:
+                self._running.pop(claimant.key, None)
+            if claimant.max_concurrency is not None:
+                # its own waiters may now go, on whichever deployment is free
+                for other in self.pools.values():
+                    self._dispatch(other)
+                return
         self._dispatch(pool)
+
+    def running(self) -> dict[str, int]:
+        """Requests holding slots per key now (the /ui page and tests read it)."""
+        return dict(self._running)
 
     def estimate_wait(self, candidates: Iterable[str], position: int) -> int:
         """Whole seconds (1 to :data:`MAX_RETRY_AFTER_S`) until the ``position``-th waiter would
@@ -299,22 +367,55 @@ class Admission:
             queue.remove(waiter)
         return None
 
+    def _capped(self, claimant: Claimant) -> bool:
+        cap = claimant.max_concurrency
+        return cap is not None and self._running.get(claimant.key, 0) >= cap
+
+    def _grant(self, claimant: Claimant) -> None:
+        self._running[claimant.key] = self._running.get(claimant.key, 0) + 1
+        self._granted[claimant.key] = self._granted.get(claimant.key, 0) + 1
+
+    def _catch_up(self, claimant: Claimant) -> None:
+        """A key that starts waiting joins at the virtual time of those already waiting: it
+        cannot bank turns while it was idle and then crowd everyone out."""
+        waiting = {w.claimant.key for q in self._queues.values() for w in q}
+        if claimant.key in waiting or not waiting:
+            return
+        floor = min(self._granted.get(k, 0) for k in waiting)
+        if self._granted.get(claimant.key, 0) < floor:
+            self._granted[claimant.key] = floor
+
+    def _next_for(self, pool: SlotPool) -> _Waiter | None:
+        """The waiter that gets ``pool``'s next free slots: FIFO, or the fair order (module
+        doc). Keys at their ``max_concurrency`` are passed over."""
+        best: _Waiter | None = None
+        best_rank: tuple[int, int, int] | None = None
+        now = monotonic()
+        for queue in self._queues.values():
+            while queue and queue[0].future.done():
+                queue.popleft()  # cancelled while queued
+            for w in queue:
+                if w.future.done() or pool.name not in w.candidates or self._capped(w.claimant):
+                    continue
+                if not self.fair:
+                    rank = (0, 0, w.seq)
+                else:
+                    cls = _PROMOTED if now >= w.age_at else w.claimant.priority
+                    rank = (-cls, self._granted.get(w.claimant.key, 0), w.seq)
+                if best_rank is None or rank < best_rank:
+                    best, best_rank = w, rank
+                if not self.fair:
+                    break  # a lane's queue is in arrival order: its first eligible is its oldest
+        return best
+
     def _dispatch(self, pool: SlotPool) -> None:
         while pool.healthy and pool.in_use < pool.capacity:
-            oldest: deque[_Waiter] | None = None
-            for queue in self._queues.values():
-                while queue and queue[0].future.done():
-                    queue.popleft()  # cancelled while queued
-                if (
-                    queue
-                    and pool.name in queue[0].candidates
-                    and (oldest is None or queue[0].seq < oldest[0].seq)
-                ):
-                    oldest = queue
-            if oldest is None or pool.in_use + oldest[0].slots > pool.capacity:
-                return  # the oldest waits for enough slots; nobody passes it meanwhile
-            waiter = oldest.popleft()
+            waiter = self._next_for(pool)
+            if waiter is None or pool.in_use + waiter.slots > pool.capacity:
+                return  # the next waits for enough slots; nobody passes it meanwhile
+            self._queues[waiter.lane].remove(waiter)
             pool.take(waiter.slots)
+            self._grant(waiter.claimant)
             waiter.future.set_result(pool)
 
     def fail_waiting(self, error: Callable[[], GatewayError]) -> None:

@@ -56,7 +56,7 @@ async def tokenize_prompt(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     try:
-        key = authenticate(gw.config, request)
+        key = authenticate(gw.accounts, request)
     except GatewayError as exc:
         return exc.response()
     data = [model_card(m) for m in gw.config.models.values() if key is None or key.allows(m)]

@@ -10,17 +10,19 @@ import hmac
 
 from aiohttp import web
 
+from fleetgate.gateway.accounts import Accounts
 from fleetgate.gateway.config import GatewayConfig, KeyConfig, hash_key
 from fleetgate.gateway.errors import admin_disabled, unauthorized
 
 
-def authenticate(config: GatewayConfig, request: web.Request) -> KeyConfig | None:
-    """The caller's key, or 401. An open gateway (no keys configured) admits everyone.
+def authenticate(accounts: Accounts, request: web.Request) -> KeyConfig | None:
+    """The caller's key (the fleet file's or the key store's), or 401. An open gateway (no
+    key anywhere) admits everyone.
 
     The key comes as ``Authorization: Bearer``, or in ``x-api-key`` (Anthropic-style clients)
     or ``api-key`` (Azure OpenAI clients).
     """
-    if config.open:
+    if accounts.open:
         return None
     header = request.headers.get("Authorization")
     token = ""
@@ -34,7 +36,7 @@ def authenticate(config: GatewayConfig, request: web.Request) -> KeyConfig | Non
     token = token.strip()
     if not token:
         raise unauthorized("missing API key: send it as 'Authorization: Bearer <key>'")
-    key = config.keys.get(hash_key(token))
+    key = accounts.find(hash_key(token))
     if key is None:
         raise unauthorized("the API key is not valid")
     return key

@@ -10,12 +10,15 @@ import hashlib
 from dataclasses import dataclass, field
 
 from fleetgate.fleetfile import (
+    ApiKey,
     Fleet,
     deployment_slots,
     deployment_url,
+    priority_value,
     public_models,
     require_gateway,
 )
+from fleetgate.gateway.admission import Claimant
 
 
 def hash_key(key: str) -> str:
@@ -60,8 +63,28 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class KeyConfig:
+    """A client key (from the fleet file or the key store): what it may use and spend."""
+
     name: str
     routes: frozenset[str]
+    priority: int = 10
+    max_concurrency: int | None = None
+    # each budget that is set: (``tokens`` or ``requests``, day|week|month, allowed)
+    budgets: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def claimant(self) -> Claimant:
+        return Claimant(self.name, self.priority, self.max_concurrency)
+
+    @classmethod
+    def from_fleet(cls, key: ApiKey) -> KeyConfig:
+        return cls(
+            key.name,
+            frozenset(key.routes),
+            priority_value(key.priority),
+            key.max_concurrency,
+            tuple(key.budgets.limits()),
+        )
 
     def allows(self, model: ModelConfig) -> bool:
         """A key lists public names; naming a route or profile also admits its aliases."""
@@ -94,6 +117,8 @@ class GatewayConfig:
     metrics_key_hash: str | None
 
     cors_origins: frozenset[str] = frozenset()
+    store: str | None = None  # the key store: a SQLite path or a PostgreSQL DSN (None: memory)
+    timezone: str = "UTC"
     keys: dict[str, KeyConfig] = field(default_factory=dict)  # sha256(key) -> key
     models: dict[str, ModelConfig] = field(default_factory=dict)
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
@@ -137,7 +162,7 @@ class GatewayConfig:
                 host=dep.host,
                 model=dep.model,
             )
-        keys = {hash_key(k.key): KeyConfig(k.name, frozenset(k.routes)) for k in gw.api_keys}
+        keys = {hash_key(k.key): KeyConfig.from_fleet(k) for k in gw.api_keys}
         return cls(
             listen=gw.listen,
             port=gw.port,
@@ -157,6 +182,8 @@ class GatewayConfig:
             admin_key_hash=hash_key(gw.admin_key) if gw.admin_key else None,
             metrics_key_hash=hash_key(gw.metrics_key) if gw.metrics_key else None,
             cors_origins=frozenset(gw.cors_origins),
+            store=gw.store,
+            timezone=gw.timezone,
             keys=keys,
             models=models,
             deployments=deployments,

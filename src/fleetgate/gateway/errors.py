@@ -46,6 +46,7 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {}  # more to send with it (the x-ratelimit-* headers)
 
     def body(self) -> dict[str, object]:
         return {
@@ -58,7 +59,7 @@ class GatewayError(Exception):
         }
 
     def response(self) -> web.Response:
-        headers = {}
+        headers = dict(self.headers)
         if self.retry_after is not None:
             headers["Retry-After"] = str(retry_after_seconds(self.retry_after))
         return web.Response(

@@ -17,12 +17,14 @@ from time import perf_counter
 from aiohttp import web
 
 from fleetgate.gateway.accesslog import AccessRecord
-from fleetgate.gateway.admission import SlotPool
-from fleetgate.gateway.config import ModelConfig
+from fleetgate.gateway.accounts import budget_levels
+from fleetgate.gateway.admission import ANONYMOUS, SlotPool
+from fleetgate.gateway.config import KeyConfig, ModelConfig
 from fleetgate.gateway.errors import GatewayError, bad_gateway, gateway_timeout
 from fleetgate.gateway.http import ProtocolError, Response
+from fleetgate.gateway.keystore import Reservation
 from fleetgate.gateway.parse import ParsedRequest
-from fleetgate.gateway.ratelimit import Quota
+from fleetgate.gateway.ratelimit import Level, Quota, rate_limit_headers, refused_levels
 from fleetgate.gateway.state import GatewayState
 from fleetgate.gateway.tokens import Admitted
 from fleetgate.gateway.upstream import error_message
@@ -52,6 +54,8 @@ class Exchange:
     __slots__ = (
         "_admitted",
         "_gw",
+        "_headers",
+        "_key",
         "_model",
         "_out",
         "_payload",
@@ -76,8 +80,11 @@ class Exchange:
         model: ModelConfig,
         req: ParsedRequest,
         admitted: Admitted,
+        key: KeyConfig | None = None,
     ) -> None:
         self._gw = gw
+        self._key = key
+        self._headers: dict[str, str] = {}  # x-ratelimit-* for every answer
         self._request = request
         self.record = record
         self._model = model
@@ -93,10 +100,38 @@ class Exchange:
         self._stop_error: GatewayError | None = None  # why stop() ended it
 
     async def run(self) -> web.StreamResponse:
-        """Reserve RPM/TPM, hold a slot, talk to the backend, settle on what was really used."""
-        gw, model, rec = self._gw, self._model, self.record
+        """Reserve RPM/TPM and the key's budgets, hold a slot, talk to the backend, settle on
+        what was really used. Every answer, refusals included, says the tightest limits."""
+        try:
+            response = await self._run()
+        except GatewayError as exc:
+            exc.headers.update(self._headers)
+            raise
+        if not response.prepared:  # a stream carries them from its start
+            response.headers.update(self._headers)
+        return response
+
+    async def _run(self) -> web.StreamResponse:
+        gw, model, rec, key = self._gw, self._model, self.record, self._key
         admitted, quota = self._admitted, self._quota
-        await gw.limiter.reserve(quota, admitted.reserved)
+        claimant = key.claimant if key is not None else ANONYMOUS
+        try:
+            levels: list[Level] = await gw.limiter.reserve(quota, admitted.reserved)
+        except GatewayError as exc:
+            self._headers = rate_limit_headers(refused_levels(quota, exc))
+            raise
+        self._headers = rate_limit_headers(levels)
+        booked: Reservation | None = None
+        if key is not None and key.budgets:
+            hold_s = model.queue_wait_s + gw.config.request_timeout_s + 60
+            try:
+                booked = await gw.accounts.reserve(key, model.lane, admitted.reserved, hold_s)
+            except BaseException:
+                gw.settle_later(quota, admitted.reserved, 0)
+                raise
+            if booked is not None:
+                levels += budget_levels(booked.levels)
+                self._headers = rate_limit_headers(levels)
         queued_at = perf_counter()
         try:
             self.pool = await gw.admission.acquire(
@@ -106,6 +141,7 @@ class Exchange:
                 model.queue_wait_s,
                 route=model.route,
                 slots=self.slots,
+                claimant=claimant,
             )
         except BaseException as exc:
             # A wait that ended without a slot is backpressure too: count it with how it ended.
@@ -116,6 +152,8 @@ class Exchange:
                 rec.queue_wait_s = waited = perf_counter() - queued_at
                 gw.metrics.queue_wait.labels(model.lane, outcome).observe(waited)
             gw.settle_later(quota, admitted.reserved, 0)
+            if booked is not None:
+                gw.run_later(gw.accounts.release(booked))
             raise
         got_slot = perf_counter()
         rec.queue_wait_s = waited = got_slot - queued_at
@@ -142,8 +180,24 @@ class Exchange:
             return self._out
         finally:
             gw.exchanges.discard(self)
-            gw.admission.release(self.pool, perf_counter() - got_slot, self.slots)
+            gw.admission.release(
+                self.pool, perf_counter() - got_slot, self.slots, claimant=claimant
+            )
             gw.settle_later(quota, admitted.reserved, admitted.used)
+            if key is not None:
+                self._account(key, booked)
+
+    def _account(self, key: KeyConfig, booked: Reservation | None) -> None:
+        """Count the request against its key, after the answer: the backend's usage where it
+        reported one, the reservation where it answered without; nothing if none answered."""
+        gw, admitted, rec = self._gw, self._admitted, self.record
+        if not admitted.used:
+            if booked is not None:
+                gw.run_later(gw.accounts.release(booked))
+            return
+        prompt = rec.tokens_in if rec.tokens_in is not None else admitted.prompt_tokens
+        completion = rec.tokens_out if rec.tokens_out is not None else admitted.used - prompt
+        gw.run_later(gw.accounts.settle(booked, key, self._model.lane, prompt, max(0, completion)))
 
     def stop(self, error: GatewayError) -> None:
         """End the exchange now with ``error`` (the drain deadline passed, its deployment went
@@ -226,7 +280,12 @@ class Exchange:
             return await _refuse_upstream(resp, self._gw.config.max_response_bytes)
         out = web.StreamResponse(
             status=200,
-            headers={**_SSE_HEADERS, SERVED_MODEL_HEADER: self._served or "", **_waited(rec)},
+            headers={
+                **_SSE_HEADERS,
+                SERVED_MODEL_HEADER: self._served or "",
+                **_waited(rec),
+                **self._headers,
+            },
         )
         admitted.used = admitted.reserved
         finished = False

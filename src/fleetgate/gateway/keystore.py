@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from fleetgate.errors import FleetgateError
-from fleetgate.fleetfile import PERIODS, Budgets
+from fleetgate.fleetfile import PERIODS, Budgets, KeySpec, priority_value
 from fleetgate.gateway.config import hash_key
 from fleetgate.gateway.periods import Period, local_day, period_of
 
@@ -154,7 +154,7 @@ def engine_for(url: str | None) -> Engine:
             "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        scheme, rest = url.split("://", 1)
+        rest = url.split("://", 1)[1]
         return sa.create_engine(f"postgresql+psycopg://{rest}", pool_pre_ping=True)
     if url.startswith("sqlite:"):
         raise KeyStoreError(f"give the store as a file path, not a SQLAlchemy URL: {url!r}")
@@ -189,7 +189,9 @@ class KeyStore:
         try:
             _meta.create_all(self._engine)
         except sa.exc.SQLAlchemyError as exc:
-            raise KeyStoreError(f"cannot open the key store: {exc.__class__.__name__}: {exc}")
+            raise KeyStoreError(
+                f"cannot open the key store: {exc.__class__.__name__}: {exc}"
+            ) from None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -208,28 +210,20 @@ class KeyStore:
 
     # -- keys -----------------------------------------------------------------------------------
 
-    def create(
-        self,
-        name: str,
-        *,
-        routes: Iterable[str] = ("*",),
-        priority: int = 10,
-        max_concurrency: int | None = None,
-        budgets: Budgets | None = None,
-    ) -> str:
+    def create(self, spec: KeySpec) -> str:
         """Make a key; return it (this is the only time it is seen)."""
         key = new_key()
-        budgets = budgets or Budgets()
+        name = spec.name
         with self._tx() as conn:
             if conn.execute(sa.select(_keys.c.name).where(_keys.c.name == name)).first():
                 raise KeyStoreError(f"a key named {name!r} exists already")
             conn.execute(
                 _keys.insert().values(
                     name=name,
-                    routes=json.dumps(list(routes)),
-                    priority=priority,
-                    max_concurrency=max_concurrency,
-                    budgets=budgets.model_dump_json(exclude_none=True),
+                    routes=json.dumps(spec.routes),
+                    priority=priority_value(spec.priority),
+                    max_concurrency=spec.max_concurrency,
+                    budgets=spec.budgets.model_dump_json(exclude_none=True),
                     created_at=self.clock(),
                 )
             )
@@ -258,7 +252,7 @@ class KeyStore:
             conn.execute(_hashes.delete().where(_hashes.c.name == name))
             conn.execute(_keys.delete().where(_keys.c.name == name))
 
-    def keys(self) -> list[StoredKey]:
+    def list_keys(self) -> list[StoredKey]:
         """Every key with the digests that still work."""
         now = self.clock()
         with self._tx() as conn:

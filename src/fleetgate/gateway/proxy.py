@@ -41,7 +41,7 @@ async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.
 
     async def handle(rec: AccessRecord) -> web.StreamResponse:
         config = gw.config
-        key = authenticate(config, request)
+        key = authenticate(gw.accounts, request)
         rec.key = key.name if key else None
         raw = await read_body(request, config.max_body_bytes, gw.bodies, config.body_timeout_s)
         req = parse_request(kind, raw)
@@ -49,7 +49,7 @@ async def completions(request: web.Request, gw: GatewayState, kind: str) -> web.
         model = _resolve(gw, key, req.model, rec)
         admitted = await check_tokens(gw.upstream, model, req)
         rec.tokens_in = admitted.prompt_tokens
-        return await Exchange(gw, request, rec, model, req, admitted).run()
+        return await Exchange(gw, request, rec, model, req, admitted, key).run()
 
     # the endpoint label, as /metrics says it
     return await _recorded(gw, request, _ENDPOINT_LABELS[kind], handle)
@@ -64,7 +64,7 @@ async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse
 
     async def handle(rec: AccessRecord) -> web.StreamResponse:
         config = gw.config
-        key = authenticate(config, request)
+        key = authenticate(gw.accounts, request)
         rec.key = key.name if key else None
         raw = await read_body(request, config.max_body_bytes, gw.bodies, config.body_timeout_s)
         name, payload = parse_tokenize(raw)
@@ -139,6 +139,8 @@ def _finish(gw: GatewayState, rec: AccessRecord, started: float) -> None:
             if served_out:
                 gw.metrics.tokens.labels(rec.lane, "out").inc(served_out)
         gw.monitor.keys.record(rec.key, rec.status, served_in, served_out)
+        if rec.key is not None and rec.status >= 400 and rec.reason:
+            gw.accounts.refused(rec.key, rec.lane or "", rec.reason)
     except Exception:
         log.exception("metrics update failed for a %s request", rec.endpoint)
     finally:

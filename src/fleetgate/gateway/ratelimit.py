@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
@@ -30,8 +31,67 @@ class Quota:
     tpm: int | None
 
 
+@dataclass(frozen=True)
+class Level:
+    """One limit as a client sees it after its request: OpenAI's ``x-ratelimit-*`` triple."""
+
+    unit: str  # "requests" or "tokens"
+    limit: int
+    remaining: int
+    reset_s: float  # until the limit is whole again
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``2h3m4s``, ``250ms``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    s = math.ceil(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    return f"{m}m{sec}s" if m else f"{sec}s"
+
+
+def rate_limit_headers(levels: list[Level]) -> dict[str, str]:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the tightest limit of each
+    unit (the fewest remaining; of equals, the one that resets last)."""
+    headers: dict[str, str] = {}
+    for unit in ("requests", "tokens"):
+        mine = [lv for lv in levels if lv.unit == unit]
+        if not mine:
+            continue
+        tight = min(mine, key=lambda lv: (lv.remaining, -lv.reset_s))
+        headers[f"x-ratelimit-limit-{unit}"] = str(tight.limit)
+        headers[f"x-ratelimit-remaining-{unit}"] = str(tight.remaining)
+        headers[f"x-ratelimit-reset-{unit}"] = _duration(tight.reset_s)
+    return headers
+
+
+def _minute_levels(quota: Quota, rpm_left: float | None, tpm_left: float | None) -> list[Level]:
+    """The per-minute buckets after a reservation (None: that limit is not set)."""
+    out = []
+    if quota.rpm is not None and rpm_left is not None:
+        left = max(0.0, rpm_left)
+        out.append(Level("requests", quota.rpm, int(left), (quota.rpm - left) * 60 / quota.rpm))
+    if quota.tpm is not None and tpm_left is not None:
+        left = max(0.0, tpm_left)
+        out.append(Level("tokens", quota.tpm, int(left), (quota.tpm - left) * 60 / quota.tpm))
+    return out
+
+
+def refused_levels(quota: Quota, error: GatewayError) -> list[Level]:
+    """What a refusal by the per-minute limits tells the client: that bucket is empty."""
+    wait = error.retry_after or 0.0
+    if error.reason == "rpm" and quota.rpm is not None:
+        return [Level("requests", quota.rpm, 0, wait)]
+    if error.reason == "tpm" and quota.tpm is not None:
+        return [Level("tokens", quota.tpm, 0, wait)]
+    return []
+
+
 class RateLimiter(Protocol):
-    async def reserve(self, quota: Quota, tokens: int) -> None: ...
+    async def reserve(self, quota: Quota, tokens: int) -> list[Level]: ...
 
     async def settle(self, quota: Quota, reserved: int, used: int) -> None: ...
 
@@ -84,9 +144,10 @@ class MemoryRateLimiter:
             return float(limit)
         return min(float(limit), bucket[0] + (now - bucket[1]) * limit / 60.0)
 
-    async def reserve(self, quota: Quota, tokens: int) -> None:
+    async def reserve(self, quota: Quota, tokens: int) -> list[Level]:
         _check_size(quota, tokens)
         now = monotonic()
+        rpm_level = tpm_level = None
         rpm_key, tpm_key = (quota.lane, "rpm"), (quota.lane, "tpm")
         if quota.rpm is not None:
             rpm_level = self._level(rpm_key, quota.rpm, now)
@@ -100,6 +161,11 @@ class MemoryRateLimiter:
             self._buckets[rpm_key] = [rpm_level - 1, now]
         if quota.tpm is not None:
             self._buckets[tpm_key] = [tpm_level - tokens, now]
+        return _minute_levels(
+            quota,
+            None if rpm_level is None else rpm_level - 1,
+            None if tpm_level is None else tpm_level - tokens,
+        )
 
     async def settle(self, quota: Quota, reserved: int, used: int) -> None:
         if quota.tpm is None or reserved == used:
@@ -142,7 +208,7 @@ if tpm > 0 then
   redis.call('HSET', KEYS[2], 'l', tostring(tl - cost), 't', tostring(now))
   redis.call('EXPIRE', KEYS[2], 120)
 end
-return {0, '0'}
+return {0, '0', tostring(rl and rl - 1 or -1), tostring(tl and tl - cost or -1)}
 """
 
 _SETTLE = """
@@ -232,19 +298,24 @@ class RedisRateLimiter:
             self._open_until = None
         return answer
 
-    async def reserve(self, quota: Quota, tokens: int) -> None:
+    async def reserve(self, quota: Quota, tokens: int) -> list[Level]:
         _check_size(quota, tokens)
         if quota.rpm is None and quota.tpm is None:
-            return
+            return []
         answer = await self._call(
             self._reserve, self._keys(quota.lane), [quota.rpm or 0, quota.tpm or 0, tokens]
         )
         if answer is None:
-            await self._local.reserve(quota, tokens)
-            return
-        which, wait = answer
+            return await self._local.reserve(quota, tokens)
+        which, wait, *left = answer
         if int(which):
             raise _refusal(quota, int(which), float(wait), tokens)
+        rpm_left, tpm_left = (float(v) for v in left)
+        return _minute_levels(
+            quota,
+            rpm_left if quota.rpm is not None else None,
+            tpm_left if quota.tpm is not None else None,
+        )
 
     async def settle(self, quota: Quota, reserved: int, used: int) -> None:
         if quota.tpm is None or reserved == used:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fleetgate.errors import FleetgateError
 from fleetgate.fleetfile import Fleet
 from fleetgate.gateway.accesslog import AccessLog
+from fleetgate.gateway.accounts import Accounts
 from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.body import BodyBudget
 from fleetgate.gateway.config import GatewayConfig
@@ -66,6 +67,7 @@ class GatewayState:
         self._idle = asyncio.Event()
         self._idle.set()
         self.bodies = BodyBudget(config.max_buffered_bytes)
+        self.accounts = Accounts(config)
         self._reload_lock = asyncio.Lock()
         self._apply(config)
 
@@ -93,10 +95,12 @@ class GatewayState:
         )
         self.upstream.configure(config)
         self.bodies.cap = config.max_buffered_bytes
+        self.accounts.configure(config)
         self.config = config
 
     async def start(self) -> None:
-        if self.config.open:
+        await self.accounts.start()
+        if self.accounts.open:
             log.warning(
                 "NO API KEY CONFIGURED: the gateway is OPEN to anyone who can reach its port. "
                 "Add gateway.api_keys to the fleet file."
@@ -111,7 +115,12 @@ class GatewayState:
         """Settle TPM after the answer went out: a slow limiter store must not delay it."""
         if quota.tpm is None or reserved == used:
             return
-        task = asyncio.get_running_loop().create_task(self.limiter.settle(quota, reserved, used))
+        self.run_later(self.limiter.settle(quota, reserved, used))
+
+    def run_later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Book-keeping after an answer went out (settling TPM and budgets); ``close`` waits
+        for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -158,6 +167,7 @@ class GatewayState:
         await self.monitor.close()
         await self.upstream.close()
         await self.limiter.close()
+        await self.accounts.close()
         self.access_log.flush()
 
     async def reload(self) -> GatewayConfig:
