@@ -6,7 +6,7 @@ from __future__ import annotations
 # isort: off
 from fleetgate.cli import validate, plan  # noqa: F401
 from fleetgate.cli import render, deploy  # noqa: F401
-from fleetgate.cli import serve, up, sim  # noqa: F401
+from fleetgate.cli import serve, keys, up, sim  # noqa: F401
 from fleetgate.cli import probes, top, check  # noqa: F401
 
 # isort: on

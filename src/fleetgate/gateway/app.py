@@ -14,13 +14,15 @@ from typing import Any, TextIO
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import ValidationError
 
-from fleetgate.fleetfile import Fleet, http_url, reachable
+from fleetgate.fleetfile import PERIODS, Fleet, KeySpec, http_url, reachable
 from fleetgate.gateway import ui
 from fleetgate.gateway.auth import authenticate, authenticate_admin, authenticate_scraper
 from fleetgate.gateway.config import GatewayConfig, ModelConfig
 from fleetgate.gateway.cors import add_cors_headers, cors_middleware
-from fleetgate.gateway.errors import GatewayError, not_found
+from fleetgate.gateway.errors import GatewayError, bad_request, not_found, unauthorized
+from fleetgate.gateway.keystore import KeyStoreError, UsageRow
 from fleetgate.gateway.listener import CappedSite, ServerLog
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import completions, tokenize
@@ -159,6 +161,118 @@ async def admin_reload(request: web.Request) -> web.Response:
     return _json({"reloaded": True, "models": sorted(config.models)})
 
 
+def _usage_json(rows: list[UsageRow], period: str) -> dict[str, object]:
+    return {
+        "period": period,
+        "usage": [
+            {
+                "key": r.key,
+                "route": r.route,
+                "requests": r.requests,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "refusals": r.refusals,
+            }
+            for r in rows
+        ],
+    }
+
+
+async def usage(request: web.Request) -> web.Response:
+    """``GET /v1/usage?period=day|week|month[&key=NAME]``: a client key sees its own usage,
+    the admin key everyone's."""
+    gw = request.app[GATEWAY]
+    period = request.query.get("period", "day")
+    if period not in PERIODS:
+        return bad_request(f"period must be day, week or month, not {period[:20]!r}").response()
+    try:
+        authenticate_admin(gw.config, request)
+        name = request.query.get("key")
+    except GatewayError:
+        try:
+            key = authenticate(gw.accounts, request)
+        except GatewayError as exc:
+            return exc.response()
+        if key is None:
+            return unauthorized("usage is per key: send a client key or the admin key").response()
+        name = key.name
+    return _json(_usage_json(await gw.accounts.usage(period, name), period))
+
+
+async def _key_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise bad_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _admin(
+    handler: Callable[[GatewayState, web.Request], Awaitable[web.Response]],
+) -> Handler:
+    """An admin endpoint: the admin key first, store and input errors as 400/404."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        gw = request.app[GATEWAY]
+        try:
+            authenticate_admin(gw.config, request)
+            return await handler(gw, request)
+        except GatewayError as exc:
+            return exc.response()
+        except ValidationError as exc:
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            return bad_request(f"invalid key: {detail}").response()
+        except KeyStoreError as exc:
+            status = 404 if "no key named" in str(exc) else 409
+            return GatewayError(status, str(exc), reason="key_store").response()
+
+    return run
+
+
+async def _list_keys(gw: GatewayState, request: web.Request) -> web.Response:
+    fleet = [
+        {"name": k.name, "source": "fleet", "routes": sorted(k.routes), "priority": k.priority}
+        for k in gw.config.keys.values()
+    ]
+    stored = [
+        {
+            "name": k.name,
+            "source": "store",
+            "routes": list(k.routes),
+            "priority": k.priority,
+            "max_concurrency": k.max_concurrency,
+            "budgets": k.budgets.model_dump(exclude_none=True),
+            "keys_valid": len(k.digests),
+        }
+        for k in await asyncio.to_thread(gw.accounts.store.list_keys)
+    ]
+    return _json({"keys": fleet + stored})
+
+
+async def _create_key(gw: GatewayState, request: web.Request) -> web.Response:
+    spec = KeySpec.model_validate(await _key_body(request))
+    return _json({"name": spec.name, "key": await gw.accounts.create(spec)}, 201)
+
+
+async def _rotate_key(gw: GatewayState, request: web.Request) -> web.Response:
+    body = await _key_body(request)
+    grace = body.get("grace_s", 3600)
+    if not isinstance(grace, int | float) or grace < 0:
+        raise bad_request("grace_s must be a number of seconds, 0 or more", param="grace_s")
+    name = request.match_info["name"]
+    return _json({"name": name, "key": await gw.accounts.rotate(name, float(grace))})
+
+
+async def _revoke_key(gw: GatewayState, request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await gw.accounts.revoke(name)
+    return _json({"name": name, "revoked": True})
+
+
 async def fallback(request: web.Request) -> web.Response:
     """Unknown paths and methods get OpenAI-style errors too; ``OPTIONS`` on an endpoint says
     what it allows (a browser's CORS preflight is answered before this, see :mod:`.cors`)."""
@@ -170,7 +284,7 @@ async def fallback(request: web.Request) -> web.Response:
     if allowed is not None:
         return GatewayError(
             405,
-            f"{request.method} is not allowed on {request.path}; use {allowed[0]}",
+            f"{request.method} is not allowed on {request.path}; use {' or '.join(allowed)}",
             reason="bad_method",
         ).response()
     return GatewayError(
@@ -202,8 +316,16 @@ _ENDPOINTS: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/metrics", metrics),
     ("POST", "/admin/reload", admin_reload),
     *((method, path, _with_gateway(handler)) for method, path, handler in ui.ENDPOINTS),
+    ("GET", "/v1/usage", usage),
+    ("GET", "/admin/keys", _admin(_list_keys)),
+    ("POST", "/admin/keys", _admin(_create_key)),
+    ("POST", "/admin/keys/{name}/rotate", _admin(_rotate_key)),
+    ("DELETE", "/admin/keys/{name}", _admin(_revoke_key)),
 )
-_METHODS = {path: (method,) for method, path, _ in _ENDPOINTS if "{" not in path}
+_METHODS: dict[str, tuple[str, ...]] = {}
+for _method, _path, _ in _ENDPOINTS:
+    if "{" not in _path:
+        _METHODS[_path] = (*_METHODS.get(_path, ()), _method)
 
 
 def create_app(
