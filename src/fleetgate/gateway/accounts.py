@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import Counter
 from contextlib import suppress
+from datetime import date
 from time import time
 
 from fleetgate.fleetfile import KeySpec
@@ -74,7 +75,7 @@ class Accounts:
         self.config = config
         self.store = store or KeyStore(config.store, zone=config.timezone)
         self._stored: dict[str, KeyConfig] = {}  # digest -> key, from the store
-        self._refused: Counter[tuple[str, str, str]] = Counter()
+        self._refused: Counter[tuple[str, str, str, date]] = Counter()
         self._task: asyncio.Task[None] | None = None
         self.refresh_now()
 
@@ -162,7 +163,7 @@ class Accounts:
             log.warning("key store unavailable, reservation left to expire: %s", exc)
 
     def refused(self, key: str, route: str, reason: str) -> None:
-        self._refused[(key, route, reason)] += 1
+        self._refused[(key, route, reason, self.store.today())] += 1
 
     # -- reading and changing keys (admin endpoints, /ui) ----------------------------------------
 

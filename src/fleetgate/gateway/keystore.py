@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import sqlalchemy as sa
@@ -357,13 +358,15 @@ class KeyStore:
         with self._tx() as conn:
             conn.execute(_reservations.delete().where(_reservations.c.id == reservation.id))
 
-    def add_refusals(self, counts: Mapping[tuple[str, str, str], int]) -> None:
-        """Count refusals by (key, route, reason)."""
+    def today(self) -> date:
+        return local_day(self.clock(), self.zone)
+
+    def add_refusals(self, counts: Mapping[tuple[str, str, str, date], int]) -> None:
+        """Count refusals by (key, route, reason, local day)."""
         if not counts:
             return
-        day = local_day(self.clock(), self.zone)
         with self._tx() as conn:
-            for (key, route, reason), n in counts.items():
+            for (key, route, reason, day), n in counts.items():
                 stmt = self._insert(_refusals).values(
                     key=key, route=route, day=day, reason=reason, count=n
                 )
