@@ -94,8 +94,10 @@ class Accounts:
     def find(self, digest: str) -> KeyConfig | None:
         return self.config.keys.get(digest) or self._stored.get(digest)
 
-    def names(self) -> set[str]:
-        return {k.name for k in self.config.keys.values()}
+    def names(self) -> list[str]:
+        """Every key's name: the fleet file's, then the store's (the /ui page lists them)."""
+        fleet = [k.name for k in self.config.keys.values()]
+        return list(dict.fromkeys([*fleet, *(k.name for k in self._stored.values())]))
 
     def refresh_now(self) -> None:
         """Re-read the store's keys (blocking: at start and in a worker thread after)."""
@@ -175,7 +177,7 @@ class Accounts:
 
     async def create(self, spec: KeySpec) -> str:
         """A store key; the key itself is returned once."""
-        if spec.name in self.names():
+        if spec.name in {k.name for k in self.config.keys.values()}:
             raise KeyStoreError(f"a key named {spec.name!r} is in the fleet file already")
         raw = await asyncio.to_thread(self.store.create, spec)
         await self.refresh()

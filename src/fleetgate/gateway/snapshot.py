@@ -136,12 +136,12 @@ async def snapshot(gw: GatewayState) -> dict[str, Any]:
             "now": time.time(),
             "up_s": round(time.time() - monitor.started, 1),
             "window_s": round(delta.seconds, 1),
-            "open": config.open,
+            "open": gw.accounts.open,
         },
         "hosts": [{"name": h, "deployments": names} for h, names in hosts.items()],
         "deployments": deployments,
         "lanes": [_lane(gw, m.name, delta) for m in lanes],
-        "keys": monitor.keys.today(k.name for k in config.keys.values()),
+        "keys": monitor.keys.today(gw.accounts.names()),
         "day": monitor.keys.day or time.strftime("%Y-%m-%d"),
     }
 
