@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -94,7 +95,7 @@ def list_keys(fleet: Path = FLEET, as_json: bool = typer.Option(False, "--json")
     """The store's keys (never the keys themselves): routes, priority, budgets."""
     with _store(fleet) as store:
         keys = store.list_keys()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": k.name,
             "routes": list(k.routes),

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from fleetgate.cli.app import app, err_console
-from fleetgate.cli.common import load_or_exit, print_problems
+from fleetgate.cli.common import exit_on_failure, load_or_exit, print_problems
 from fleetgate.fleetfile import Fleet, FleetError, load_fleet, require_gateway, require_valid
 
 
@@ -42,10 +42,11 @@ def serve(
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     err_console.print(f"serving {fleet}", highlight=False)
-    run(
-        checked,
-        host=host,
-        port=port,
-        loader=lambda: _checked(fleet),
-        gpu_memory=fleet_memory(checked),
-    )
+    with exit_on_failure(fleet):  # e.g. a key store that cannot be opened
+        run(
+            checked,
+            host=host,
+            port=port,
+            loader=lambda: _checked(fleet),
+            gpu_memory=fleet_memory(checked),
+        )

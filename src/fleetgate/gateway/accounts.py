@@ -132,14 +132,23 @@ class Accounts:
 
     # -- spending ------------------------------------------------------------------------------
 
-    async def reserve(self, key: KeyConfig, route: str, tokens: int, hold_s: float) -> Reservation:
-        """Hold ``tokens`` and one request against ``key``'s budgets (429 quota_exceeded)."""
+    async def reserve(
+        self, key: KeyConfig, route: str, tokens: int, hold_s: float
+    ) -> Reservation | None:
+        """Hold ``tokens`` and one request against ``key``'s budgets (429 quota_exceeded).
+
+        If the store cannot be reached the request is admitted unreserved (None) and the log
+        says so, as the RPM/TPM limiter does: a store outage is not a model outage.
+        """
         try:
             return await asyncio.to_thread(
                 self.store.reserve, key.name, route, tokens, key.budgets, hold_s
             )
         except BudgetSpent as spent:
             raise quota_exceeded(spent) from None
+        except Exception as exc:
+            log.warning("key store unavailable, admitting %r unreserved: %s", key.name, exc)
+            return None
 
     async def settle(
         self,

@@ -147,7 +147,8 @@ class MemoryRateLimiter:
     async def reserve(self, quota: Quota, tokens: int) -> list[Level]:
         _check_size(quota, tokens)
         now = monotonic()
-        rpm_level = tpm_level = None
+        rpm_level: float | None = None
+        tpm_level: float | None = None
         rpm_key, tpm_key = (quota.lane, "rpm"), (quota.lane, "tpm")
         if quota.rpm is not None:
             rpm_level = self._level(rpm_key, quota.rpm, now)
@@ -157,9 +158,9 @@ class MemoryRateLimiter:
             tpm_level = self._level(tpm_key, quota.tpm, now)
             if tpm_level < tokens:
                 raise _refusal(quota, 2, (tokens - tpm_level) * 60 / quota.tpm, tokens)
-        if quota.rpm is not None:
+        if rpm_level is not None:
             self._buckets[rpm_key] = [rpm_level - 1, now]
-        if quota.tpm is not None:
+        if tpm_level is not None:
             self._buckets[tpm_key] = [tpm_level - tokens, now]
         return _minute_levels(
             quota,
