@@ -153,7 +153,8 @@ async def test_a_flood_does_not_push_one_request_behind_it() -> None:
         doc = fleet_doc(
             sim, keys=keys, route={"concurrency": 2, "queue_depth": 200, "queue_wait_s": 120}
         )
-        async with aiohttp.ClientSession() as s, serve(make_fleet(doc)) as gw:
+        unlimited = aiohttp.TCPConnector(limit=0)  # 101 connections at once
+        async with aiohttp.ClientSession(connector=unlimited) as s, serve(make_fleet(doc)) as gw:
             done: list[str] = []
 
             async def one(key: str, who: str) -> None:
