@@ -372,3 +372,80 @@ def test_two_gateways_share_keys_and_one_budget(tmp_path: Path, pg_dsn: str) -> 
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=15)
+
+
+# -- the parts on their own ---------------------------------------------------------------------
+
+
+async def test_fair_order_unit() -> None:
+    """One slot, taken: waiters of a flooding key, a light key and a batch key."""
+    from fleetgate.gateway.admission import Admission, Claimant
+
+    adm = Admission()
+    adm.configure({"d": 1})
+    flood, light = Claimant("a"), Claimant("b")
+    batch = Claimant("job", priority=0)
+    first = await adm.acquire("r", ("d",), 100, 60, claimant=flood)
+    order: list[str] = []
+
+    async def wait(c: Claimant) -> None:
+        pool = await adm.acquire("r", ("d",), 100, 60, claimant=c)
+        order.append(c.key)
+        await asyncio.sleep(0)
+        adm.release(pool, 0.01, claimant=c)
+
+    tasks = [asyncio.create_task(wait(flood)) for _ in range(5)]
+    tasks.append(asyncio.create_task(wait(batch)))
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(wait(light)))
+    await asyncio.sleep(0)
+    adm.release(first, 0.01, claimant=flood)
+    await asyncio.gather(*tasks)
+    # the light key joined at the flood's count: its one request goes at the next turn but one
+    # (a tie goes to the older request), the batch key after every interactive one
+    assert order.index("b") == 1 and order[-1] == "job", order
+
+    fifo = Admission(fair=False)
+    fifo.configure({"d": 1})
+    order.clear()
+    first = await fifo.acquire("r", ("d",), 100, 60, claimant=flood)
+    adm = fifo
+    tasks = [asyncio.create_task(wait(flood)) for _ in range(3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(wait(light)))
+    await asyncio.sleep(0)
+    fifo.release(first, 0.01, claimant=flood)
+    await asyncio.gather(*tasks)
+    assert order == ["a", "a", "a", "b"]
+
+
+def test_periods_and_headers() -> None:
+    from datetime import date, datetime
+    from zoneinfo import ZoneInfo
+
+    from fleetgate.gateway.periods import period_of
+    from fleetgate.gateway.ratelimit import Level, rate_limit_headers
+
+    # Sunday 2026-03-29 23:30 in Berlin is still March and that week; DST started that night
+    now = datetime(2026, 3, 29, 23, 30, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    week = period_of("week", now, "Europe/Berlin")
+    assert (week.first, week.last) == (date(2026, 3, 23), date(2026, 3, 29))
+    assert week.reset_text() == "2026-03-30 00:00 Europe/Berlin"
+    month = period_of("month", now, "Europe/Berlin")
+    assert (month.first, month.last) == (date(2026, 3, 1), date(2026, 3, 31))
+    assert period_of("day", now, "UTC").first == date(2026, 3, 29)  # 21:30 UTC
+    headers = rate_limit_headers(
+        [
+            Level("requests", 60, 59, 1.0),
+            Level("requests", 100, 3, 7384.2),
+            Level("tokens", 1000, 800, 0.25),
+        ]
+    )
+    assert headers == {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "3",
+        "x-ratelimit-reset-requests": "2h3m5s",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "800",
+        "x-ratelimit-reset-tokens": "250ms",
+    }
