@@ -449,3 +449,48 @@ def test_periods_and_headers() -> None:
         "x-ratelimit-remaining-tokens": "800",
         "x-ratelimit-reset-tokens": "250ms",
     }
+
+
+async def test_cli_keys_on_the_store_of_a_running_gateway(tmp_path: Path, sim: SimServer) -> None:
+    from typer.testing import CliRunner
+
+    from fleetgate.cli import app
+
+    doc = fleet_doc(sim, store=str(tmp_path / "k.db"))
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    runner = CliRunner()
+
+    def cli(*args: str) -> Any:
+        return runner.invoke(app, [*args, "--fleet", str(path)])
+
+    async with aiohttp.ClientSession() as s, serve(make_fleet(doc)) as gw:
+        made = await asyncio.to_thread(
+            cli, "keys", "create", "cli-key", "--priority", "batch", "--requests-per-day", "5"
+        )
+        assert made.exit_code == 0, made.output
+        key = made.stdout.strip().splitlines()[-1]
+        assert key.startswith("fg-")
+        last: list[int] = []
+
+        async def works() -> bool:
+            last.append((await post(s, gw.url, key, max_tokens=2))[0])
+            return last[-1] == 200
+
+        for _ in range(100):  # the gateway re-reads the store every second
+            if await works():
+                break
+            await asyncio.sleep(0.05)
+        assert last[-1] == 200, last
+        listed = await asyncio.to_thread(cli, "keys", "list", "--json")
+        [row] = json.loads(listed.stdout)
+        assert row["name"] == "cli-key" and row["priority"] == 0 and key not in listed.stdout
+        assert (await asyncio.to_thread(cli, "keys", "create", "owner")).exit_code == 1
+        used = await asyncio.to_thread(cli, "usage", "--json", "--key", "cli-key")
+        assert json.loads(used.stdout)["usage"][0]["requests"] == 1
+        assert (await asyncio.to_thread(cli, "keys", "revoke", "cli-key")).exit_code == 0
+        for _ in range(100):
+            if (await post(s, gw.url, key, max_tokens=2))[0] == 401:
+                break
+            await asyncio.sleep(0.05)
+        assert (await post(s, gw.url, key, max_tokens=2))[0] == 401

@@ -29,8 +29,11 @@ FLEET = typer.Option(
 
 
 @contextmanager
-def _store(fleet: Path) -> Iterator[KeyStore]:
+def _store(fleet: Path, new_name: str | None = None) -> Iterator[KeyStore]:
     gw = require_gateway(load_or_exit(fleet, strict_env=True, check=False).fleet, str(fleet))
+    if new_name is not None and new_name in {k.name for k in gw.api_keys}:
+        err_console.print(f"[red]error:[/] a key named {new_name!r} is in the fleet file already")
+        raise typer.Exit(1)
     if gw.store is None:
         err_console.print(
             "[red]error:[/] gateway.store is not set: the gateway keeps keys and usage in "
@@ -84,7 +87,7 @@ def create(
         for e in exc.errors():
             err_console.print(f"[red]error:[/] {'.'.join(map(str, e['loc']))}: {e['msg']}")
         raise typer.Exit(1) from None
-    with _store(fleet) as store:
+    with _store(fleet, new_name=name) as store:
         key = store.create(spec)
     err_console.print(f"created key {name!r}; it is shown only this once:")
     print(key)
