@@ -494,3 +494,19 @@ async def test_cli_keys_on_the_store_of_a_running_gateway(tmp_path: Path, sim: S
                 break
             await asyncio.sleep(0.05)
         assert (await post(s, gw.url, key, max_tokens=2))[0] == 401
+
+
+def test_keys_default_to_a_state_file_per_fleet(tmp_path: Path, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from fleetgate.cli import app
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    doc = sim_fleet({"d1": (8011, 512, 4)}, {ROUTE: {"deployments": ["d1"]}})
+    doc["name"] = "home lab"
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    made = CliRunner().invoke(app, ["keys", "create", "k1", "--fleet", str(path)])
+    assert made.exit_code == 0, made.output
+    store = tmp_path / "state" / "fleetgate" / "home_lab-keys.db"
+    assert [k.name for k in KeyStore(str(store)).list_keys()] == ["k1"]

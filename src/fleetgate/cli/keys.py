@@ -1,5 +1,6 @@
 """``fleetgate keys create|list|revoke|rotate`` and ``fleetgate usage``: straight on the key
-store the fleet file names (a running gateway picks the changes up within a second)."""
+store of the fleet's gateway (``gateway.store``, else the one ``fleetgate serve`` uses by
+default); a running gateway picks the changes up within a second."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from pydantic import ValidationError
 
 from fleetgate.cli.app import app, console, err_console
 from fleetgate.cli.common import load_or_exit
-from fleetgate.fleetfile import Budgets, KeySpec, require_gateway
+from fleetgate.fleetfile import Budgets, KeySpec, require_gateway, with_key_store
 from fleetgate.gateway.keystore import KeyStore, KeyStoreError
 
 keys_app = typer.Typer(
-    help="Client keys made at run time, kept (as digests) in gateway.store.",
+    help="Client keys made at run time, kept (as digests) in the gateway's key store "
+    "(gateway.store, default ~/.local/state/fleetgate/FLEET-keys.db).",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys", rich_help_panel="Run")
@@ -30,16 +32,12 @@ FLEET = typer.Option(
 
 @contextmanager
 def _store(fleet: Path, new_name: str | None = None) -> Iterator[KeyStore]:
-    gw = require_gateway(load_or_exit(fleet, strict_env=True, check=False).fleet, str(fleet))
+    loaded = with_key_store(load_or_exit(fleet, strict_env=True, check=False).fleet)
+    gw = require_gateway(loaded, str(fleet))
     if new_name is not None and new_name in {k.name for k in gw.api_keys}:
         err_console.print(f"[red]error:[/] a key named {new_name!r} is in the fleet file already")
         raise typer.Exit(1)
-    if gw.store is None:
-        err_console.print(
-            "[red]error:[/] gateway.store is not set: the gateway keeps keys and usage in "
-            "memory only; set it to a SQLite file path or a postgresql:// DSN"
-        )
-        raise typer.Exit(1)
+    assert gw.store is not None
     try:
         store = KeyStore(gw.store, zone=gw.timezone)
         try:

@@ -9,7 +9,14 @@ import typer
 
 from fleetgate.cli.app import app, err_console
 from fleetgate.cli.common import exit_on_failure, load_or_exit, print_problems
-from fleetgate.fleetfile import Fleet, FleetError, load_fleet, require_gateway, require_valid
+from fleetgate.fleetfile import (
+    Fleet,
+    FleetError,
+    load_fleet,
+    require_gateway,
+    require_valid,
+    with_key_store,
+)
 
 
 def _checked(path: Path) -> Fleet:
@@ -17,7 +24,7 @@ def _checked(path: Path) -> Fleet:
     this too, so an invalid file is refused and the running configuration stays)."""
     fleet = require_valid(load_fleet(path).fleet, str(path))
     require_gateway(fleet, str(path))
-    return fleet
+    return with_key_store(fleet)
 
 
 @app.command(rich_help_panel="Run")

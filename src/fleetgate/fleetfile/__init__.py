@@ -31,6 +31,7 @@ from fleetgate.fleetfile.schema import (
     Route,
     priority_value,
 )
+from fleetgate.fleetfile.store import default_key_store, with_key_store
 from fleetgate.fleetfile.urls import (
     client_address,
     deployment_url,
@@ -64,6 +65,7 @@ __all__ = [
     "RouteLimits",
     "check_fleet",
     "client_address",
+    "default_key_store",
     "deployment_slots",
     "deployment_url",
     "env_refs",
@@ -81,4 +83,5 @@ __all__ = [
     "require_valid",
     "resolve_alias",
     "route_limits",
+    "with_key_store",
 ]

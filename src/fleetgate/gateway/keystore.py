@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -159,8 +160,13 @@ def engine_for(url: str | None) -> Engine:
         return sa.create_engine(f"postgresql+psycopg://{rest}", pool_pre_ping=True)
     if url.startswith("sqlite:"):
         raise KeyStoreError(f"give the store as a file path, not a SQLAlchemy URL: {url!r}")
+    try:
+        Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyStoreError(f"cannot make the key store's directory for {url!r}: {exc}") from None
     engine = sa.create_engine(
-        sa.engine.URL.create("sqlite", database=url), connect_args={"timeout": 30}
+        sa.engine.URL.create("sqlite", database=str(Path(url).expanduser())),
+        connect_args={"timeout": 30},
     )
 
     @sa.event.listens_for(engine, "connect")
