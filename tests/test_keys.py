@@ -117,8 +117,13 @@ async def test_token_budget_counts_streams_and_the_usage_endpoint(
             assert r.status == 200
             assert int(r.headers["x-ratelimit-remaining-tokens"]) < 40
             await r.read()
-        async with s.get(gw.url + "/v1/usage?period=week", headers=headers) as r:
-            mine = await r.json()
+        mine: dict[str, Any] = {"usage": []}
+        for _ in range(200):  # settled just after the answer went out
+            async with s.get(gw.url + "/v1/usage?period=week", headers=headers) as r:
+                mine = await r.json()
+            if mine["usage"]:
+                break
+            await asyncio.sleep(0.02)
         [row] = mine["usage"]
         assert row["key"] == "owner" and row["requests"] == 1
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] == 8  # reported by the sim
@@ -363,7 +368,14 @@ def test_two_gateways_share_keys_and_one_budget(tmp_path: Path, pg_dsn: str) -> 
                 return statuses.count(200), reserved
 
             served, one = asyncio.run(main())
-            [row] = KeyStore(pg_dsn).usage("day", "owner")
+            store = KeyStore(pg_dsn)
+            deadline = time.monotonic() + 30
+            while True:  # a gateway settles just after its answer went out
+                [row] = store.usage("day", "owner")
+                if row.requests >= served or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            store.close()
             used = row.prompt_tokens + row.completion_tokens
             assert served == row.requests and 0 < served < 60
             # in flight at once: 4 slots per gateway; each holds at most one request's tokens
@@ -487,8 +499,14 @@ async def test_cli_keys_on_the_store_of_a_running_gateway(tmp_path: Path, sim: S
         [row] = json.loads(listed.stdout)
         assert row["name"] == "cli-key" and row["priority"] == 0 and key not in listed.stdout
         assert (await asyncio.to_thread(cli, "keys", "create", "owner")).exit_code == 1
-        used = await asyncio.to_thread(cli, "usage", "--json", "--key", "cli-key")
-        assert json.loads(used.stdout)["usage"][0]["requests"] == 1
+        rows: list[dict[str, Any]] = []
+        for _ in range(100):  # the answer went out just before its usage was settled
+            used = await asyncio.to_thread(cli, "usage", "--json", "--key", "cli-key")
+            rows = json.loads(used.stdout)["usage"]
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+        assert rows[0]["requests"] == 1
         assert (await asyncio.to_thread(cli, "keys", "revoke", "cli-key")).exit_code == 0
         for _ in range(100):
             if (await post(s, gw.url, key, max_tokens=2))[0] == 401:

@@ -76,6 +76,8 @@ class Accounts:
         self.store = store or KeyStore(config.store, zone=config.timezone)
         self._stored: dict[str, KeyConfig] = {}  # digest -> key, from the store
         self._refused: Counter[tuple[str, str, str, date]] = Counter()
+        # usage of keys without budgets, written with the next refresh (nothing waits on it)
+        self._unbudgeted: dict[tuple[str, str, date], tuple[int, int, int]] = {}
         self._task: asyncio.Task[None] | None = None
         self.refresh_now()
 
@@ -108,11 +110,26 @@ class Accounts:
     async def refresh(self) -> None:
         try:
             await asyncio.to_thread(self.refresh_now)
-            pending, self._refused = self._refused, Counter()
-            if pending:
-                await asyncio.to_thread(self.store.add_refusals, pending)
         except Exception as exc:  # the store is away: keep the keys we know, try again
             log.warning("key store unavailable, keeping the last keys read: %s", exc)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write the counts kept in memory; if the store is away they wait for the next try."""
+        refused, self._refused = self._refused, Counter()
+        used, self._unbudgeted = self._unbudgeted, {}
+        try:
+            if refused:
+                await asyncio.to_thread(self.store.add_refusals, refused)
+                refused = Counter()
+            if used:
+                await asyncio.to_thread(self.store.add_usage, used)
+        except Exception as exc:
+            log.warning("key store unavailable, usage kept to write later: %s", exc)
+            self._refused.update(refused)
+            for slot, (n, p, c) in used.items():
+                n0, p0, c0 = self._unbudgeted.get(slot, (0, 0, 0))
+                self._unbudgeted[slot] = (n0 + n, p0 + p, c0 + c)
 
     async def start(self) -> None:
         async def loop() -> None:
@@ -158,7 +175,13 @@ class Accounts:
         prompt: int,
         completion: int,
     ) -> None:
-        """Count a request that reached a backend, with the tokens it really used."""
+        """Count a request that reached a backend, with the tokens it really used. A key
+        without budgets is counted in memory and written with the next refresh."""
+        if not key.budgets and reservation is None:
+            slot = (key.name, route, self.store.today())
+            n, p, c = self._unbudgeted.get(slot, (0, 0, 0))
+            self._unbudgeted[slot] = (n + 1, p + prompt, c + completion)
+            return
         try:
             await asyncio.to_thread(
                 self.store.settle, reservation, key.name, route, prompt, completion
@@ -179,6 +202,7 @@ class Accounts:
     # -- reading and changing keys (admin endpoints, /ui) ----------------------------------------
 
     async def usage(self, period: str, key: str | None = None) -> list[UsageRow]:
+        await self._flush()
         return await asyncio.to_thread(self.store.usage, period, key)
 
     async def levels(self, key: KeyConfig) -> list[BudgetLevel]:
