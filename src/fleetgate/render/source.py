@@ -61,7 +61,13 @@ def _may_refer(path: tuple[str, ...]) -> bool:
     return (
         (len(path) == 4 and path[0] == "deployments" and path[2] in ("env", "extra_args"))
         or (len(path) == 4 and path[:2] == ("gateway", "api_keys") and path[3] == "key")
-        or path in (("gateway", "admin_key"), ("gateway", "metrics_key"), ("gateway", "redis_url"))
+        or path
+        in (
+            ("gateway", "admin_key"),
+            ("gateway", "metrics_key"),
+            ("gateway", "redis_url"),
+            ("gateway", "store"),
+        )
     )
 
 
@@ -92,7 +98,7 @@ def _refuse_references(fleet: Fleet) -> None:
             "expanded on the host unchecked: "
             + ", ".join(found)
             + "; write these values in the fleet file (references are for secrets: "
-            "deployments' env and extra_args, API keys, admin_key, metrics_key, redis_url)"
+            "deployments' env and extra_args, API keys, admin_key, metrics_key, redis_url, store)"
         )
 
 
@@ -108,6 +114,9 @@ def _refuse_literal_secrets(fleet: Fleet) -> None:
         ]
         if gw.redis_url and "@" in gw.redis_url and not has_env_refs(gw.redis_url):
             found.append("gateway.redis_url")
+        userinfo = (gw.store or "").partition("://")[2].partition("@")
+        if userinfo[1] and ":" in userinfo[0] and not has_env_refs(gw.store or ""):
+            found.append("gateway.store")  # a PostgreSQL DSN with its password written out
     for name, dep in fleet.deployments.items():
         found += [
             f"deployments.{name}.env.{key}"
