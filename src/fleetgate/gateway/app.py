@@ -102,7 +102,7 @@ async def get_model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = request.match_info["model"]
     try:
-        key = authenticate(gw.config, request)
+        key = authenticate(gw.accounts, request)
         model = gw.config.models.get(name)
         if model is None or (key is not None and not key.allows(model)):
             raise not_found(f"the model {name[:200]!r} does not exist on this gateway")
