@@ -99,7 +99,6 @@ class GatewayState:
         self.config = config
 
     async def start(self) -> None:
-        await self.accounts.start()
         if self.accounts.open:
             log.warning(
                 "NO API KEY CONFIGURED: the gateway is OPEN to anyone who can reach its port. "
@@ -107,6 +106,7 @@ class GatewayState:
             )
         await self.upstream.start()
         self.monitor.start()
+        await self.accounts.start()
 
     def _make_limiter(self, redis_url: str | None) -> RateLimiter:
         return make_rate_limiter(redis_url, self.metrics.ratelimit_store_failures.inc)
