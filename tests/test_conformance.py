@@ -6,6 +6,14 @@ differs by nature; everything else is compared: statuses, body shapes, error typ
 messages (numbers masked; exact where the numbers come from the shared config), SSE chunk
 structure, metrics names, types and labels. Where the simulator differs on purpose, the test
 says so and why.
+
+Not compared here: vLLM's sleep mode (``POST /sleep?level=N&mode=abort|wait|keep`` ->
+``{"status": "sleeping", "level": N}``, ``POST /wake_up[?tags=...]`` -> ``{"status": "awake" |
+"sleeping", "tags": [...] | null}``, ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``; requests
+sent while asleep are accepted and wait unscheduled until woken). vLLM's CPU build has no sleep
+mode, so the simulator's routes (tests/test_sim_sleep.py) are checked against vLLM 0.32.0's
+source (``vllm/entrypoints/serve/dev/sleep/api_router.py``, ``vllm/v1/engine/core.py``), not a
+live server.
 """
 
 from __future__ import annotations
