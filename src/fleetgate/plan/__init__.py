@@ -7,6 +7,8 @@ from fleetgate.plan.fleetplan import (
     plan_input,
     plan_problems,
     planned_kv_tokens,
+    residency_problems,
+    sleep_ram_gib,
 )
 from fleetgate.plan.memory import (
     BLOCK_SIZE,
@@ -29,11 +31,15 @@ from fleetgate.plan.rules import (
     parse_vllm_version,
 )
 
+from fleetgate.plan.residency import SLEEP_RESIDUE_GIB, GpuResidency, gpu_residency
+
 __all__ = [
     "BLOCK_SIZE",
     "DEFAULT_VLLM",
     "NEWEST_MODELLED",
+    "SLEEP_RESIDUE_GIB",
     "DeploymentPlan",
+    "GpuResidency",
     "KvOption",
     "MemoryRules",
     "PlanInput",
@@ -42,6 +48,7 @@ __all__ = [
     "cuda_graph_bytes",
     "fleet_memory",
     "format_version",
+    "gpu_residency",
     "kv_bytes_per_token",
     "memory_bar",
     "memory_rules_for",
@@ -52,5 +59,7 @@ __all__ = [
     "plan_input",
     "plan_problems",
     "planned_kv_tokens",
+    "residency_problems",
+    "sleep_ram_gib",
     "weight_bytes",
 ]
