@@ -32,7 +32,7 @@ from fleetgate.control.states import ON_GPU, State
 from fleetgate.control.units import HostPower, Unit
 from fleetgate.control.wol import send_magic_packet
 from fleetgate.deploy import HostError, TransportError
-from fleetgate.fleetfile import Fleet, gpus_of, neighbours
+from fleetgate.fleetfile import Fleet, deployment_url, gpus_of, neighbours
 from fleetgate.plan.residency import GpuResidency, gpu_residency
 
 log = logging.getLogger("fleetgate.control")
@@ -101,14 +101,6 @@ class _Deployment:
     swaps: int = 0  # times it was started or woken
 
 
-def _url(fleet: Fleet, name: str) -> str:
-    dep = fleet.deployments[name]
-    address = fleet.hosts[dep.host].address
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"
-    return f"http://{address}:{dep.port}"
-
-
 class Controller:
     """The lifecycle of every on-demand deployment of a fleet."""
 
@@ -135,7 +127,7 @@ class Controller:
             name: _Deployment(
                 name=name,
                 host=d.host,
-                url=_url(fleet, name),
+                url=deployment_url(fleet, name),
                 on_demand=d.on_demand,
                 swap=d.swap,
                 idle_stop_s=d.idle_stop_s,
@@ -199,10 +191,17 @@ class Controller:
             return NotReady(name, d.error or "its start failed", left)
         return None
 
-    async def ensure_ready(self, name: str, deadline: float) -> None:
-        """Return once ``name`` serves; raise :class:`NotReady` if its start fails or
-        ``deadline`` (monotonic) passes first. The start itself goes on past a caller's
-        deadline, bounded by the deployment's ``load_timeout_s``."""
+    async def ensure_ready(self, name: str, deadline: float) -> NotReady | None:
+        """None once ``name`` serves; the refusal if its start fails or ``deadline``
+        (monotonic) passes first. The start itself goes on past a caller's deadline, bounded
+        by the deployment's ``load_timeout_s``."""
+        try:
+            await self._ensure(name, deadline)
+        except NotReady as refusal:
+            return refusal
+        return None
+
+    async def _ensure(self, name: str, deadline: float) -> None:
         d = self.deps[name]
         d.last_used = monotonic()
         if not d.on_demand or d.state == State.READY:

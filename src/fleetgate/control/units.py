@@ -5,14 +5,14 @@ release in service on its host, through the deploy layer's transport and host op
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Protocol
 
 from fleetgate.deploy import HostError, HostOps, host_ops, transport_for
-from fleetgate.deploy.releases import LOG_SCAN_LINES, MANIFEST, log_excerpt
+from fleetgate.deploy.releases import LOG_SCAN_LINES, log_excerpt
 from fleetgate.deploy.transport import Transport, TransportError
 from fleetgate.fleetfile import Fleet, Host
-from fleetgate.render.artifacts import DEFAULT_WORKDIR
+from fleetgate.render import Manifest
+from fleetgate.render.scripts import workdir_of
 
 SUSPEND_COMMANDS = {
     "linux": "systemctl suspend",
@@ -48,12 +48,12 @@ class ReleaseUnit:
         if state.current is None:
             raise HostError(f"no release is deployed on {self.ops.transport.name}")
         if self._script is None or self._script[0] != state.current:
-            files = self.ops.fetch(state.current)
-            units = json.loads(files[MANIFEST])["units"] if MANIFEST in files else []
-            unit = next((u for u in units if u["name"] == self.deployment), None)
+            manifest = Manifest.of_release(self.ops.fetch(state.current))
+            units = manifest.units if manifest else []
+            unit = next((u for u in units if u.name == self.deployment), None)
             if unit is None:
                 raise HostError(f"release {state.current} has no unit for {self.deployment!r}")
-            self._script = (state.current, unit["script"])
+            self._script = (state.current, unit.script)
         return self._script
 
     def _action(self, action: str, *args: str) -> tuple[int, str]:
@@ -104,14 +104,14 @@ class HostPower:
         await asyncio.to_thread(self.transport.exec, command, timeout=30)
 
 
-def release_units(fleet: Fleet, workdir_default: str = DEFAULT_WORKDIR) -> dict[str, Unit]:
+def release_units(fleet: Fleet) -> dict[str, Unit]:
     """A :class:`ReleaseUnit` for every on-demand deployment of the fleet."""
     out: dict[str, Unit] = {}
     for name, dep in fleet.deployments.items():
         if not dep.on_demand:
             continue
         host = fleet.hosts[dep.host]
-        ops = host_ops(transport_for(host), host.os, host.workdir or workdir_default)
+        ops = host_ops(transport_for(host), host.os, workdir_of(fleet, dep.host))
         out[name] = ReleaseUnit(ops, name)
     return out
 

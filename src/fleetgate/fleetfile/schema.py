@@ -5,6 +5,7 @@ Every other layer takes a validated :class:`Fleet`; nothing downstream re-reads 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
