@@ -91,6 +91,8 @@ class Exchange:
                 model.queue_depth,
                 model.queue_wait_s,
                 route=model.route,
+                load_wait_s=model.load_wait_s,
+                ordered=model.ordered,
             )
         except BaseException as exc:
             # A wait that ended without a slot is backpressure too: count it with how it ended.

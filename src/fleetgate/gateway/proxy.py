@@ -61,6 +61,9 @@ async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse
         raw = await read_body(request, config.max_body_bytes)
         name, payload = parse_tokenize(raw)
         model = _resolve(gw, key, name, rec)
+        await gw.admission.ensure_serving(
+            model.lane, model.route, model.deployments, model.queue_depth, model.load_wait_s
+        )
         answer = await gw.upstream.tokenize(model.deployments, payload)
         rec.deployment, rec.tokens_in, rec.status = answer.deployment, answer.count, 200
         return web.Response(body=json.dumps(answer.body).encode(), content_type=JSON_TYPE)

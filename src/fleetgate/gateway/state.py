@@ -18,6 +18,7 @@ from fleetgate.gateway.admission import Admission
 from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import RateLimiter, make_rate_limiter
+from fleetgate.gateway.readiness import Readiness
 from fleetgate.gateway.snapshot import Monitor
 from fleetgate.gateway.upstream import Upstream
 
@@ -40,11 +41,14 @@ class GatewayState:
         config: GatewayConfig,
         loader: FleetLoader | None = None,
         access_stream: TextIO | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.config = config
+        self.readiness = readiness
         self.loader = loader
         self.access_log = AccessLog(access_stream)
         self.admission = Admission()
+        self.admission.readiness = readiness
         self.metrics = GatewayMetrics(self.admission)
         self.monitor = Monitor(self.metrics)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
@@ -54,7 +58,9 @@ class GatewayState:
 
     def _apply(self, config: GatewayConfig) -> None:
         self.admission.configure(
-            {n: d.concurrency for n, d in config.deployments.items()}, config.health.interval_s
+            {n: d.concurrency for n, d in config.deployments.items()},
+            config.health.interval_s,
+            frozenset(n for n, d in config.deployments.items() if d.on_demand),
         )
         self.upstream.configure(config)
         self.config = config
@@ -67,8 +73,13 @@ class GatewayState:
             )
         await self.upstream.start()
         self.monitor.start()
+        if self.readiness is not None:
+            self.readiness.attach(self.admission)
+            await self.readiness.start()
 
     async def close(self) -> None:
+        if self.readiness is not None:
+            await self.readiness.close()
         await self.monitor.close()
         await self.upstream.close()
         await self.limiter.close()

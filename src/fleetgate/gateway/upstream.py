@@ -113,6 +113,11 @@ class Upstream:
         pool = self.admission.pools.get(name)
         return pool is not None and pool.healthy
 
+    def serving(self, name: str) -> bool:
+        """Healthy and admitting (an on-demand deployment the controller has up)."""
+        pool = self.admission.pools.get(name)
+        return pool is not None and pool.serving
+
     def record(self, name: str, ok: bool) -> None:
         """One probe or request outcome: down after N failures in a row, up after a success."""
         if ok:
@@ -137,7 +142,12 @@ class Upstream:
             return False
 
     async def probe_all(self) -> None:
-        deps = list(self.deployments.values())
+        # an on-demand deployment the controller has down is its business, not a failure
+        deps = [
+            d
+            for d in self.deployments.values()
+            if (p := self.admission.pools.get(d.name)) is None or p.admitting
+        ]
         results = await asyncio.gather(*(self.probe(d) for d in deps))
         for dep, ok in zip(deps, results, strict=True):
             if dep.name in self.deployments:
@@ -202,7 +212,7 @@ class Upstream:
         next deployment, and 502 when none answered with a count.
         """
         names = sorted(
-            (n for n in candidates if self.healthy(n) and n in self.deployments),
+            (n for n in candidates if self.serving(n) and n in self.deployments),
             key=lambda n: self.admission.pools[n].in_use,
         )
         last = "no healthy deployment"
