@@ -29,12 +29,16 @@ class Traffic:
         self.flying: dict[str, int] = {}
         self.queued: dict[str, int] = {}
         self.admitted: dict[str, bool] = {}
+        self.arrived: dict[str, float] = {}  # when the oldest queued request came
 
     def in_flight(self, deployment: str) -> int:
         return self.flying.get(deployment, 0)
 
     def waiting(self, deployment: str) -> int:
         return self.queued.get(deployment, 0)
+
+    def oldest_waiting(self, deployment: str) -> float | None:
+        return self.arrived.get(deployment) if self.waiting(deployment) else None
 
     def admit(self, deployment: str, on: bool) -> None:
         self.admitted[deployment] = on
@@ -206,7 +210,9 @@ async def test_swap_aware_lets_the_loaded_model_finish_its_run() -> None:
         async with running(c, u):
             assert None is await c.ensure_ready("a", monotonic() + 10)
             c.deps["b"].start_s = 0.2  # measured before: b starts in 0.2 s
-            traffic.queued["a"] = 3  # a's run: requests still queued for it
+            # b's request came first; a's run (3 requests still queued for it) came after
+            traffic.queued["b"], traffic.arrived["b"] = 1, monotonic()
+            traffic.queued["a"], traffic.arrived["a"] = 3, monotonic() + 1
             wanted = asyncio.ensure_future(c.ensure_ready("b", monotonic() + 5))
             await asyncio.sleep(0.3)
             assert (c.state("a") == "ready") is held, policy

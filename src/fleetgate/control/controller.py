@@ -9,7 +9,8 @@ putting them to sleep or stopping them), and starts or wakes the deployment.
 Swap-aware ordering: a neighbour whose requests are still queued keeps serving them (its "run")
 until the oldest request waiting for the newcomer would otherwise miss its deadline (its load
 wait, less the newcomer's expected start time and a margin). With ``policy="fifo"`` the swap
-starts at once, as a plain on-demand loader does.
+waits only for the requests that arrived before the newcomer's oldest (strict arrival order, as
+a plain queue in front of an on-demand loader serves them).
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ class Traffic(Protocol):
     def in_flight(self, deployment: str) -> int: ...
 
     def waiting(self, deployment: str) -> int:
-        """Requests queued that only this deployment (or others not ready) can serve."""
+        """Requests queued for this deployment, or waiting for its bring-up."""
+
+    def oldest_waiting(self, deployment: str) -> float | None:
+        """When the longest-waiting of them arrived (monotonic)."""
 
     def admit(self, deployment: str, on: bool) -> None:
         """Let new requests reach the deployment (``on``), or hold them back (draining)."""
@@ -75,6 +79,9 @@ class NoTraffic:
 
     def waiting(self, deployment: str) -> int:
         return 0
+
+    def oldest_waiting(self, deployment: str) -> float | None:
+        return None
 
     def admit(self, deployment: str, on: bool) -> None:
         return None
@@ -368,14 +375,24 @@ class Controller:
         return self.traffic.waiting(name) + self.traffic.in_flight(name)
 
     def _expected_ready_s(self, d: _Deployment) -> float:
+        """How long ``d`` will likely take to serve: its last wake or start, else the slowest
+        start seen on its host, else its whole ``load_timeout_s`` (then nothing is held)."""
         if d.state == State.SLEEPING and d.wake_s is not None:
             return d.wake_s
-        return d.start_s if d.start_s is not None else d.load_timeout_s
+        if d.start_s is not None:
+            return d.start_s
+        seen = [o.start_s for o in self.deps.values() if o.host == d.host and o.start_s]
+        return max(seen) if seen else d.load_timeout_s
 
     async def _hold_for_run(self, victim: _Deployment, d: _Deployment) -> None:
-        """Swap-aware: let ``victim`` serve what is queued for it while the requests waiting for
-        ``d`` can afford the wait."""
+        """Before a swap. FIFO: ``victim`` first serves the requests that came before the
+        oldest one waiting for ``d``. Swap-aware: it serves everything queued for it (its run)
+        while the requests waiting for ``d`` can afford the wait."""
         if self.policy == "fifo":
+            while (mine := self.traffic.oldest_waiting(victim.name)) is not None and (
+                (theirs := self.traffic.oldest_waiting(d.name)) is None or mine < theirs
+            ):
+                await asyncio.sleep(POLL_S)
             return
         while self.traffic.waiting(victim.name) > 0 and d.deadlines:
             expected = self._expected_ready_s(d)

@@ -95,7 +95,8 @@ class Admission:
         self._queues: dict[str, deque[_Waiter]] = {}
         self._seq = itertools.count()
         self.readiness: Readiness | None = None
-        self._loading: dict[str, int] = {}  # deployment -> requests waiting for its bring-up
+        # deployment -> when each request waiting for its bring-up arrived
+        self._loading: dict[str, list[float]] = {}
         self._loading_lanes: dict[str, int] = {}
 
     # -- configuration and health -------------------------------------------------------------
@@ -182,7 +183,18 @@ class Admission:
             for w in queue
             if not w.future.done() and deployment in w.candidates
         )
-        return queued + self._loading.get(deployment, 0)
+        return queued + len(self._loading.get(deployment, ()))
+
+    def oldest_waiting(self, deployment: str) -> float | None:
+        """When the longest-waiting request for ``deployment`` arrived (monotonic), if any."""
+        times = [
+            w.since
+            for queue in self._queues.values()
+            for w in queue
+            if not w.future.done() and deployment in w.candidates
+        ]
+        times += self._loading.get(deployment, ())
+        return min(times, default=None)
 
     def admit(self, deployment: str, on: bool) -> None:
         """The controller's word: ``deployment`` serves (it passed its checks just now), or it
@@ -240,14 +252,15 @@ class Admission:
         gone) leaves the queue.
         """
         route = route or lane
-        load_deadline = monotonic() + (load_wait_s if load_wait_s is not None else wait_s)
+        arrived = monotonic()
+        load_deadline = arrived + (load_wait_s if load_wait_s is not None else wait_s)
         while True:
             pool = self.try_acquire(candidates, ordered=ordered)
             if pool is not None:
                 return pool
             self.require_healthy(route, candidates)
             if not self._serving(candidates):
-                await self.bring_up(lane, route, candidates, depth, load_deadline)
+                await self.bring_up(lane, route, candidates, depth, load_deadline, arrived)
                 continue
             try:
                 return await self._wait_in_queue(lane, route, candidates, depth, wait_s)
@@ -261,10 +274,17 @@ class Admission:
         serves, wait while one is brought up."""
         if self.readiness is not None and not self._serving(candidates):
             self.require_healthy(route, candidates)
-            await self.bring_up(lane, route, candidates, depth, monotonic() + load_wait_s)
+            now = monotonic()
+            await self.bring_up(lane, route, candidates, depth, now + load_wait_s, now)
 
     async def bring_up(
-        self, lane: str, route: str, candidates: tuple[str, ...], depth: int, deadline: float
+        self,
+        lane: str,
+        route: str,
+        candidates: tuple[str, ...],
+        depth: int,
+        deadline: float,
+        arrived: float,
     ) -> None:
         """Wait (a place in the lane's queue) while the first startable candidate is brought
         up; 503 with the controller's reason if it cannot be by ``deadline``."""
@@ -284,12 +304,13 @@ class Admission:
                 reason="queue_full",
                 retry_after=max(1.0, deadline - monotonic()),
             )
-        self._loading[target] = self._loading.get(target, 0) + 1
+        waiting = self._loading.setdefault(target, [])
+        waiting.append(arrived)
         self._loading_lanes[lane] = self._loading_lanes.get(lane, 0) + 1
         try:
             refusal = await readiness.ensure_ready(target, deadline)
         finally:
-            self._loading[target] -= 1
+            waiting.remove(arrived)
             self._loading_lanes[lane] -= 1
         if refusal is not None:
             raise unavailable(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fleetgate.fleetfile import Fleet
+from fleetgate.local.backends import LocalBackend
 from fleetgate.local.simconfig import sim_config_for
 from fleetgate.sim import SimConfig, SimServer
 
@@ -52,6 +53,20 @@ class SimUnit:
 
     async def failure_lines(self) -> str:
         return self._log
+
+    def describe(self, deployment: str) -> LocalBackend:
+        c = self.config
+        url = f"http://127.0.0.1:{self.port}"
+        return LocalBackend(
+            deployment,
+            url,
+            self.port,
+            c.model,
+            c.max_model_len,
+            c.max_num_seqs,
+            c.kv_cache_tokens,
+            "sim on demand",
+        )
 
 
 def sim_units(
