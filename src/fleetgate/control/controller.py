@@ -602,6 +602,14 @@ class Controller:
         d.task = self._spawn(self._bring_up(d))
 
 
+def release_controller(fleet: Fleet, *, policy: str = "swap_aware") -> Controller:
+    """The controller ``fleetgate serve`` runs: each on-demand deployment started and stopped
+    through the unit of the release in service on its host, hosts woken over the network."""
+    from fleetgate.control.units import host_powers, release_units
+
+    return Controller(fleet, release_units(fleet), host_powers(fleet), policy=policy)
+
+
 class _StateCollector(Collector):
     def __init__(self, controller: Controller) -> None:
         self._controller = controller

@@ -17,13 +17,26 @@ from typing import Any, Protocol
 
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
-from fleetgate.gateway.errors import GatewayError, bad_gateway
+from fleetgate.gateway.errors import GatewayError, bad_gateway, rate_limited
 from fleetgate.gateway.http import ConnectFailed, Disconnected, HttpClient, Response, UpstreamError
 
 log = logging.getLogger("fleetgate.gateway")
 
 RETRY_BASE_S = 0.05
 RETRYABLE_STATUS = frozenset({502, 503})
+# vLLM's 503 when --max-num-queued-reqs / --max-num-queued-tokens is reached (QueueOverflowError,
+# MaxQueuedTokensError in vllm/exceptions.py): the server is busy, not down.
+_BUSY_MESSAGES = (
+    "The engine is currently busy and cannot accept new requests",
+    "The engine has reached its prefill token backlog limit",
+)
+
+
+def is_busy(status: int, message: str) -> bool:
+    """A vLLM refusal because its own queue is capped."""
+    return status == 503 and message.startswith(_BUSY_MESSAGES)
+
+
 _CONNECTION_ERRORS = (ConnectFailed, Disconnected)
 
 
@@ -174,6 +187,7 @@ class Upstream:
         """
         last = "no attempt made"
         attempt = 0
+        busy = 0  # attempts a backend refused as busy (its queue capped), not as down
         while True:
             pool = holder.pool
             dep = self.deployments.get(pool.name)
@@ -190,8 +204,17 @@ class Upstream:
                 if resp.status not in RETRYABLE_STATUS:
                     return resp, attempt + 1
                 body = await resp.read()
-                last = f"deployment {dep.name!r} answered {resp.status}: {error_message(body)}"
+                message = error_message(body)
+                busy += is_busy(resp.status, message)
+                last = f"deployment {dep.name!r} answered {resp.status}: {message}"
             if attempt >= self.retries:
+                if busy == attempt + 1:
+                    raise rate_limited(
+                        f"every deployment tried is busy (its own queue is full) after "
+                        f"{attempt + 1} attempt(s); {last}",
+                        reason="backend_busy",
+                        retry_after=max(1.0, pool.service_s or 1.0),
+                    )
                 raise bad_gateway(f"upstream failed after {attempt + 1} attempt(s); {last}")
             await asyncio.sleep(backoff_s(attempt))
             attempt += 1
