@@ -61,7 +61,9 @@ def _fleet(tmp: Path, model_dir: Path) -> Path:
                 "workdir": str(tmp / "host"),
                 "gpus": [{"memory_gib": 24, "arch": "ampere"}],
                 "default": "a",
-            }
+            },
+            # the gateway runs in this test's process (deploy only installs box's release)
+            "gw": {"address": "127.0.0.1", "transport": "local"},
         },
         "deployments": {
             "a": dep(free_port(), 2048),
@@ -69,7 +71,7 @@ def _fleet(tmp: Path, model_dir: Path) -> Path:
             "c": dep(free_port(), 32768),
         },
         "gateway": {
-            "host": "box",
+            "host": "gw",
             "port": free_port(),
             "defaults": {"load_wait_s": START_S, "queue_wait_s": START_S},
             "routes": {name: {"deployments": [name]} for name in ("a", "b", "c")},
@@ -92,7 +94,7 @@ async def test_swap_restart_drain_idle_stop_failed_start_and_default(tmp_path: P
     model_dir = cached_tiny_model(num_layers=8, num_kv_heads=16, head_dim=128, hidden_size=256)
     path = _fleet(tmp_path, model_dir)
     deployed = CliRunner().invoke(
-        app, ["deploy", str(path), "--backups", str(tmp_path / "backups")]
+        app, ["deploy", str(path), "box", "--backups", str(tmp_path / "backups")]
     )
     assert deployed.exit_code == 0, deployed.output
     assert "on demand, started by the gateway's control layer" in deployed.output
