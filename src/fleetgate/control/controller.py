@@ -19,10 +19,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -285,13 +285,13 @@ class Controller:
         old = d.state
         d.state, d.since = state, monotonic()
         self._transitions.labels(d.name, str(state)).inc()
-        line = {"event": "deployment_state", "deployment": d.name, "from": str(old)}
-        line.update({"to": str(state), **detail})
+        line: dict[str, object] = {"event": "deployment_state", "deployment": d.name}
+        line.update({"from": str(old), "to": str(state), **detail})
         log.info(json.dumps(line, default=str))
         self.traffic.admit(d.name, state == State.READY)
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         # a failure is delivered to the waiting requests; nobody waiting is no error to report

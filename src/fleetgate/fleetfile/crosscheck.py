@@ -219,8 +219,8 @@ def _check_on_demand(fleet: Fleet) -> list[Problem]:
                 )
             )
     for name, dep in fleet.deployments.items():
-        host = fleet.hosts.get(dep.host)
-        if host is not None and host.wake is not None and not dep.on_demand:
+        runs_on = fleet.hosts.get(dep.host)
+        if runs_on is not None and runs_on.wake is not None and not dep.on_demand:
             out.append(
                 Problem(
                     f"deployments.{name}.on_demand",
