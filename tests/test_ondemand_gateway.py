@@ -173,3 +173,36 @@ async def test_burst_across_two_models_on_one_gpu(
             assert total <= most_starts  # one start per model: a's run, then b's
         else:
             assert total >= 2
+
+
+@pytest.mark.parametrize(("routing", "expected"), [("ordered", (2, 0)), (None, (1, 1))])
+async def test_ordered_routing_fills_the_first_deployment_first(
+    http: aiohttp.ClientSession, routing: str | None, expected: tuple[int, int]
+) -> None:
+    extra = f", routing: {routing}" if routing else ""
+    fleet = parse_fleet(
+        "hosts:\n  box: {gpus: [{memory_gib: 24, arch: ampere}]}\n"
+        "deployments:\n"
+        "  p: {host: box, port: 8001, model: Qwen/Qwen2.5-0.5B, max_model_len: 2048,"
+        " max_num_seqs: 2, gpu_memory_utilization: 0.4}\n"
+        "  q: {host: box, port: 8002, model: Qwen/Qwen2.5-0.5B, max_model_len: 2048,"
+        " max_num_seqs: 2, gpu_memory_utilization: 0.4}\n"
+        "gateway:\n  host: box\n  port: 4000\n"
+        f"  routes:\n    r: {{deployments: [p, q]{extra}}}\n"
+    ).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=0.2) as running:
+        url = running.gateway_url
+        streams = [
+            await http.post(url + "/v1/chat/completions", json=chat("r", 200, stream=True))
+            for _ in range(2)
+        ]
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+        for s in streams:
+            s.close()
+    flying = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fleetgate_in_flight{")
+    }
+    assert (flying["p"], flying["q"]) == expected
