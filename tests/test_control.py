@@ -276,3 +276,51 @@ async def test_wake_on_lan_sends_the_magic_packet_and_a_host_that_never_wakes_is
     assert packet == magic_packet(mac)
     assert packet[:6] == b"\xff" * 6 and packet[6:] == bytes.fromhex("3c7c3f1e22b0") * 16
     assert u["a"].starts == 0
+
+
+async def test_an_idle_host_is_suspended_over_its_transport_then_woken_for_a_request(
+    caplog: Any,
+) -> None:
+    """The suspend command goes over ssh to a loopback port where nothing listens (it is not
+    run on this machine); the decision, its log line and the wake that follows are real."""
+    caplog.set_level(logging.INFO, "fleetgate.control")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    f = Fleet.model_validate(
+        {
+            "hosts": {
+                "pc": {
+                    "address": "127.0.0.1",
+                    "os": "windows",
+                    "transport": "ssh",
+                    "ssh": {"port": free_port()},
+                    "gpus": [{"memory_gib": 24, "arch": "ampere"}],
+                    "wake": {
+                        "mac": "3c7c3f1e22b0",
+                        "address": "127.0.0.1",
+                        "port": listener.getsockname()[1],
+                    },
+                    "wake_timeout_s": 0.5,
+                    "suspend_after_idle_s": 0.2,
+                }
+            },
+            "deployments": {
+                "a": {"host": "pc", "port": free_port(), "model": "m", "on_demand": True}
+            },
+        }
+    )
+    from fleetgate.control import host_powers
+    from fleetgate.control.units import SUSPEND_COMMANDS
+
+    u = units(f)
+    c = Controller(f, u, host_powers(f), tick_s=0.05, poll_s=0.1)
+    async with running(c, u):
+        while not any('"host_suspend"' in r.message for r in caplog.records):
+            await asyncio.sleep(0.05)
+        info = await c.ensure_ready("a", monotonic() + 30)
+        assert info is not None and "did not wake" in info.message
+    packet = await asyncio.get_running_loop().sock_recv(listener, 1024)
+    listener.close()
+    assert packet == magic_packet("3c:7c:3f:1e:22:b0")
+    assert "SetSuspendState" in SUSPEND_COMMANDS["windows"]
