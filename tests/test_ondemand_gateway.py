@@ -206,3 +206,22 @@ async def test_ordered_routing_fills_the_first_deployment_first(
         if line.startswith("fleetgate_in_flight{")
     }
     assert (flying["p"], flying["q"]) == expected
+
+
+async def test_a_deployment_that_died_while_ready_is_started_again(
+    http: aiohttp.ClientSession,
+) -> None:
+    fleet = parse_fleet(fleet_text()).fleet
+    async with local_fleet(fleet, gateway_port=0, speed=50, startup_s=0.3) as running:
+        url = running.gateway_url
+        status, _ = await ask(http, url, chat("a"))
+        assert status == 200
+        assert running.controller is not None
+        unit: Any = running.controller.units["a"]
+        await unit.stop()  # the process dies behind the controller's back
+        status, (body, _) = await ask(http, url, chat("a"))
+        # the gateway's retries fail, it marks a down; the next request brings it back
+        assert status in (200, 502), body
+        status, _ = await ask(http, url, chat("a"))
+        assert status == 200
+        assert unit.starts == 2

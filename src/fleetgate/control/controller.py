@@ -211,8 +211,14 @@ class Controller:
     async def _ensure(self, name: str, deadline: float) -> None:
         d = self.deps[name]
         d.last_used = monotonic()
-        if not d.on_demand or d.state == State.READY:
+        if not d.on_demand:
             return
+        if d.state == State.READY:
+            # asked although ready: the gateway saw it fail; look, and bring it back if down
+            if await self._healthy(d):
+                self.traffic.admit(d.name, True)
+                return
+            self._set(d, State.OFF, reason="not answering /health")
         if (refusal := self.refused(name)) is not None:
             raise refusal
         d.deadlines.append(deadline)

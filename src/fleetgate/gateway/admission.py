@@ -200,13 +200,13 @@ class Admission:
         """The controller's word: ``deployment`` serves (it passed its checks just now), or it
         takes nothing new (draining, stopped, asleep)."""
         pool = self.pools.get(deployment)
-        if pool is None or pool.admitting == on:
+        if pool is None:
             return
-        pool.admitting = on
         if on:
-            pool.healthy = True
+            pool.admitting = pool.healthy = True
             self._dispatch(pool)
-        else:
+        elif pool.admitting:
+            pool.admitting = False
             self._fail_stranded()
 
     # -- the request path ---------------------------------------------------------------------
@@ -316,6 +316,12 @@ class Admission:
             raise unavailable(
                 f"{route!r}: deployment {target!r} could not be brought up: {refusal.message}",
                 retry_after=refusal.retry_after_s,
+            )
+        pool = self.pools.get(target)
+        if pool is not None and not pool.serving:  # ready, yet not admitting: do not spin
+            raise unavailable(
+                f"{route!r}: deployment {target!r} was ready but is not serving",
+                retry_after=self.recheck_s,
             )
 
     async def _wait_in_queue(
