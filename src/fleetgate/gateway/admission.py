@@ -317,12 +317,7 @@ class Admission:
                 f"{route!r}: deployment {target!r} could not be brought up: {refusal.message}",
                 retry_after=refusal.retry_after_s,
             )
-        pool = self.pools.get(target)
-        if pool is not None and not pool.serving:  # ready, yet not admitting: do not spin
-            raise unavailable(
-                f"{route!r}: deployment {target!r} was ready but is not serving",
-                retry_after=self.recheck_s,
-            )
+
 
     async def _wait_in_queue(
         self, lane: str, route: str, candidates: tuple[str, ...], depth: int, wait_s: float
