@@ -8,7 +8,7 @@ import asyncio
 from typing import Protocol
 
 from fleetgate.deploy import HostError, HostOps, host_ops, transport_for
-from fleetgate.deploy.releases import LOG_SCAN_LINES, log_excerpt
+from fleetgate.deploy.releases import LOG_SCAN_LINES, error_lines, log_excerpt
 from fleetgate.deploy.transport import Transport, TransportError
 from fleetgate.fleetfile import Fleet, Host
 from fleetgate.render import Manifest
@@ -80,7 +80,8 @@ class ReleaseUnit:
             _, text = await asyncio.to_thread(self._action, "logs", str(LOG_SCAN_LINES))
         except (HostError, TransportError) as exc:
             return f"(its log could not be read: {exc})"
-        return log_excerpt(self.deployment, text)
+        errors = error_lines(text)
+        return "\n".join(errors) if errors else log_excerpt(self.deployment, text)
 
 
 class HostPower:

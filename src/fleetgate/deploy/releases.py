@@ -97,11 +97,17 @@ def release_summary(files: dict[str, bytes]) -> list[str]:
     return lines
 
 
+def error_lines(text: str) -> list[str]:
+    """The exception lines of a server log, once each, the last eight (the cause often sits
+    above a long traceback); a warning that merely names an exception is not one."""
+    lines = (line for line in text.splitlines() if " WARNING " not in line)
+    return list(dict.fromkeys(line for line in lines if _EXCEPTION.search(line)))[-8:]
+
+
 def log_excerpt(unit: str, text: str) -> str:
-    """The exception lines of a server log (the cause often sits above a long traceback) and
-    its last lines."""
+    """The exception lines of a server log and its last lines."""
     lines = text.splitlines()
-    errors = list(dict.fromkeys(line for line in lines if _EXCEPTION.search(line)))[-8:]
+    errors = error_lines(text)
     out = ""
     if errors:
         out += f"--- errors in {unit}'s log ---\n" + "\n".join(errors) + "\n"

@@ -318,7 +318,6 @@ class Admission:
                 retry_after=refusal.retry_after_s,
             )
 
-
     async def _wait_in_queue(
         self, lane: str, route: str, candidates: tuple[str, ...], depth: int, wait_s: float
     ) -> SlotPool:
