@@ -21,6 +21,7 @@ from fleetgate.plan.memory import (
     plan_deployment,
     weight_bytes,
 )
+from fleetgate.plan.residency import SLEEP_RESIDUE_GIB, GpuResidency, gpu_residency
 from fleetgate.plan.rules import (
     DEFAULT_VLLM,
     NEWEST_MODELLED,
@@ -30,8 +31,6 @@ from fleetgate.plan.rules import (
     memory_rules_for,
     parse_vllm_version,
 )
-
-from fleetgate.plan.residency import SLEEP_RESIDUE_GIB, GpuResidency, gpu_residency
 
 __all__ = [
     "BLOCK_SIZE",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fleetgate.fleetfile import Fleet, Problem
@@ -133,10 +134,9 @@ def residency_problems(fleet: Fleet) -> list[Problem]:
     problems = []
     for gpu in gpu_residency(fleet):
         where = f"hosts.{gpu.host}.gpus.{gpu.gpu}"
-        room = f"{gpu.room_gib:.2f} GiB" + (
-            f" ({gpu.memory_gib:.2f} less {gpu.reserve_gib:.2f} for the Windows desktop)"
-            if gpu.reserve_gib
-            else ""
+        room = (
+            f"{gpu.room_gib:.2f} GiB ({gpu.memory_gib:.2f} less {gpu.reserve_gib:.2f} held "
+            "before vLLM starts)"
         )
         if len(gpu.budgets) > 1 and not gpu.fits(gpu.always_on):
             parts = " + ".join(f"{d} {gpu.budgets[d]:.2f}" for d in gpu.always_on)
@@ -161,8 +161,8 @@ def residency_problems(fleet: Fleet) -> list[Problem]:
                     f"{beside:.2f} GiB held by the always-on "
                     f"{', '.join(gpu.always_on) or 'none'}: it can never be started",
                     f"lower gpu_memory_utilization to at most "
-                    f"{max(0.0, (gpu.room_gib - beside) / gpu.memory_gib):.2f}, or make the "
-                    "others on_demand",
+                    f"{math.floor(max(0.0, gpu.room_gib - beside) / gpu.memory_gib * 100) / 100:g}"
+                    ", or make the others on_demand",
                 )
             )
     for host_name, host in fleet.hosts.items():

@@ -1,8 +1,9 @@
 """Which deployments can be resident together on one GPU, and what sleeping ones cost.
 
 vLLM takes ``gpu_memory_utilization x total`` as its budget and refuses to start when less
-than that is free, so deployments fit together on a GPU when their budgets (plus what a
-Windows desktop holds) add up to no more than the GPU. A deployment asleep at level 1 keeps
+than that is free, so deployments fit together on a GPU when their budgets, plus what the host
+holds before any vLLM starts (the CUDA context, a desktop: the planner's start-up check), add
+up to no more than the GPU. A deployment asleep at level 1 keeps
 only its CUDA context and allocator pools on the GPU, and its weights in the host's RAM.
 """
 
@@ -13,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleetgate.fleetfile import Fleet
-from fleetgate.fleetfile.crosscheck import WINDOWS_DESKTOP_RESERVE_GIB
 from fleetgate.fleetfile.ondemand import gpu_sharing
+from fleetgate.plan.startup import startup_check
 
 # What a vLLM process asleep at level 1 keeps on its GPU: the CUDA context, cuBLAS workspaces
 # and what the allocator does not hand back (an estimate; vLLM's docs say "most" is freed).
@@ -31,7 +32,7 @@ class GpuResidency:
     host: str
     gpu: int
     memory_gib: float
-    reserve_gib: float
+    reserve_gib: float  # held before vLLM starts: CUDA context, desktop
     budgets: dict[str, float]
     always_on: tuple[str, ...]
     on_demand: tuple[str, ...]
@@ -84,7 +85,9 @@ def gpu_residency(fleet: Fleet) -> list[GpuResidency]:
                 host=host_name,
                 gpu=index,
                 memory_gib=memory,
-                reserve_gib=WINDOWS_DESKTOP_RESERVE_GIB if host.os == "windows" else 0.0,
+                reserve_gib=startup_check(
+                    memory, 0.0, host_os=host.os, desktop_reserve_gib=host.desktop_reserve_gib
+                ).held_gib,
                 budgets={d: fleet.deployments[d].gpu_memory_utilization * memory for d in names},
                 always_on=tuple(d for d in names if not fleet.deployments[d].on_demand),
                 on_demand=tuple(d for d in names if fleet.deployments[d].on_demand),
