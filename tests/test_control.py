@@ -86,7 +86,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def running(c: Controller, u: dict[str, SimUnit]) -> AsyncIterator[Controller]:
     await c.start()
     try:
-        yield c
+        async with asyncio.timeout(60):  # a hang fails the test instead of blocking the run
+            yield c
     finally:
         await c.close()
         for unit in u.values():

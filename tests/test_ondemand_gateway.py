@@ -23,9 +23,9 @@ hosts:
   gw: {{}}
 deployments:
   a: {{host: box, port: 8001, model: Qwen/Qwen2.5-0.5B, max_model_len: 2048, max_num_seqs: 4,
-      on_demand: true}}
+      on_demand: true, gpu_memory_utilization: {util}}}
   b: {{host: box, port: 8002, model: Qwen/Qwen2.5-0.5B, max_model_len: {b_len}, max_num_seqs: 4,
-      on_demand: true}}
+      on_demand: true, gpu_memory_utilization: {util}}}
 gateway:
   host: gw
   defaults: {{queue_depth: 64, queue_wait_s: 30, load_wait_s: 30}}
@@ -35,8 +35,15 @@ gateway:
 """
 
 
-def fleet_text(gib: float = 24, default: str = "null", b_len: int = 2048) -> str:
-    return FLEET.format(gib=gib, default=default, b_len=b_len)
+def fleet_text(gib: float = 24, default: str = "null", b_len: int = 2048, util: float = 0.9) -> str:
+    return FLEET.format(gib=gib, default=default, b_len=b_len, util=util)
+
+
+async def until_state(http: aiohttp.ClientSession, url: str, name: str, state: str) -> None:
+    """Wait for a lifecycle state (bounded: a hang fails the test instead of blocking it)."""
+    async with asyncio.timeout(60):
+        while (await health(http, url))["deployments"][name]["state"] != state:
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -100,8 +107,7 @@ async def test_b_while_a_streams_drains_a_then_swaps(http: aiohttp.ClientSession
         first = await stream.content.readline()
         assert first.startswith(b"data: ")
         b_answer = asyncio.ensure_future(ask(http, url, chat("b")))
-        while (await health(http, url))["deployments"]["a"]["state"] != "draining":
-            await asyncio.sleep(0.02)
+        await until_state(http, url, "a", "draining")
         status, _ = await ask(http, url, chat("a"))  # nothing new for a while it drains
         rest = (await stream.read()).decode()
         stream.release()
@@ -123,20 +129,19 @@ async def test_b_while_a_streams_drains_a_then_swaps(http: aiohttp.ClientSession
 async def test_a_start_that_fails_is_503_with_the_backends_error_and_a_comes_back(
     http: aiohttp.ClientSession,
 ) -> None:
-    # a 1.5 GiB GPU holds the KV cache of 2864 tokens of this model: 2048 fit, 4096 do not
-    fleet = parse_fleet(fleet_text(gib=1.5, default="a", b_len=4096)).fleet
+    # at 0.7 of a 1.6 GiB GPU the planner's KV cache holds 2336 tokens of this model: a's 2048
+    # fit, b's 4096 do not (and one of them at a time fits the GPU beside the CUDA context)
+    fleet = parse_fleet(fleet_text(gib=1.6, default="a", b_len=4096, util=0.7)).fleet
     async with local_fleet(fleet, gateway_port=0, speed=50, startup_s=0.3) as running:
         url = running.gateway_url
-        while (await health(http, url))["deployments"]["a"]["state"] != "ready":
-            await asyncio.sleep(0.02)  # the host's default comes up by itself
+        await until_state(http, url, "a", "ready")  # the host's default comes up by itself
         status, (body, headers) = await ask(http, url, chat("b"))
         assert status == 503
         assert int(headers["Retry-After"]) >= 1
         message = body["error"]["message"]
         assert "deployment 'b' could not be brought up" in message
         assert "estimated maximum model length is" in message
-        while (await health(http, url))["deployments"]["a"]["state"] != "ready":
-            await asyncio.sleep(0.02)  # back to the default after the failure
+        await until_state(http, url, "a", "ready")  # back to the default after the failure
         status, _ = await ask(http, url, chat("a"))
         assert status == 200
         status, (body, _) = await ask(http, url, chat("b"))  # refused at once for a while
