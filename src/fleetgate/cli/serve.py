@@ -9,7 +9,14 @@ import typer
 
 from fleetgate.cli.app import app, err_console
 from fleetgate.cli.common import load_or_exit, print_problems
-from fleetgate.fleetfile import Fleet, FleetError, load_fleet, require_gateway, require_valid
+from fleetgate.fleetfile import (
+    Fleet,
+    FleetError,
+    has_on_demand,
+    load_fleet,
+    require_gateway,
+    require_valid,
+)
 
 
 def _checked(path: Path) -> Fleet:
@@ -29,8 +36,11 @@ def serve(
     """Run the OpenAI-compatible gateway described by the fleet file's gateway section.
 
     SIGHUP or POST /admin/reload (with the admin key) re-reads the file; an invalid file is
-    refused and the running configuration keeps serving.
+    refused and the running configuration keeps serving. With on_demand deployments, the
+    control layer runs inside: it wakes hosts, starts and stops (or puts to sleep) the units of
+    the release deployed on each host as requests need them (docs/on-demand.md).
     """
+    from fleetgate.control import release_controller
     from fleetgate.gateway import run
     from fleetgate.plan import fleet_memory
 
@@ -42,10 +52,12 @@ def serve(
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     err_console.print(f"serving {fleet}", highlight=False)
+    readiness = release_controller(checked) if has_on_demand(checked) else None
     run(
         checked,
         host=host,
         port=port,
         loader=lambda: _checked(fleet),
         gpu_memory=fleet_memory(checked),
+        readiness=readiness,
     )

@@ -34,6 +34,7 @@ class DeploymentConfig:
     concurrency: int
     host: str = ""
     model: str = ""
+    on_demand: bool = False  # brought up by the control layer when a request needs it
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ModelConfig:
     tpm: int | None
     queue_depth: int
     queue_wait_s: float
+    load_wait_s: float = 180.0
+    ordered: bool = False  # routing: ordered (the first deployment that can serve, in order)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class GatewayConfig:
                 tpm=lim.tpm,
                 queue_depth=lim.queue_depth,
                 queue_wait_s=lim.queue_wait_s,
+                load_wait_s=lim.load_wait_s,
+                ordered=lim.routing == "ordered",
             )
         deployments = {}
         for name, slots in deployment_slots(fleet).items():
@@ -136,6 +141,7 @@ class GatewayConfig:
                 concurrency=slots,
                 host=dep.host,
                 model=dep.model,
+                on_demand=dep.on_demand,
             )
         keys = {hash_key(k.key): KeyConfig(k.name, frozenset(k.routes)) for k in gw.api_keys}
         return cls(

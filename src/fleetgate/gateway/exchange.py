@@ -106,6 +106,8 @@ class Exchange:
                 model.queue_wait_s,
                 route=model.route,
                 slots=self.slots,
+                load_wait_s=model.load_wait_s,
+                ordered=model.ordered,
             )
         except BaseException as exc:
             # A wait that ended without a slot is backpressure too: count it with how it ended.

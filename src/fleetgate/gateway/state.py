@@ -21,6 +21,7 @@ from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.errors import bad_gateway, shutting_down
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import Quota, RateLimiter, make_rate_limiter
+from fleetgate.gateway.readiness import Readiness
 from fleetgate.gateway.snapshot import Monitor
 from fleetgate.gateway.upstream import Upstream
 
@@ -49,11 +50,14 @@ class GatewayState:
         config: GatewayConfig,
         loader: FleetLoader | None = None,
         access_stream: TextIO | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.config = config
+        self.readiness = readiness
         self.loader = loader
         self.access_log = AccessLog(access_stream)
         self.admission = Admission()
+        self.admission.readiness = readiness
         self.metrics = GatewayMetrics(self.admission)
         self.monitor = Monitor(self.metrics)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
@@ -89,6 +93,7 @@ class GatewayState:
         self.admission.configure(
             {n: d.concurrency for n, d in config.deployments.items()},
             config.health.interval_s,
+            frozenset(n for n, d in config.deployments.items() if d.on_demand),
             renamed=renamed,
         )
         self.upstream.configure(config)
@@ -103,6 +108,9 @@ class GatewayState:
             )
         await self.upstream.start()
         self.monitor.start()
+        if self.readiness is not None:
+            self.readiness.attach(self.admission)
+            await self.readiness.start()
 
     def _make_limiter(self, redis_url: str | None) -> RateLimiter:
         return make_rate_limiter(redis_url, self.metrics.ratelimit_store_failures.inc)
@@ -153,6 +161,8 @@ class GatewayState:
         return not self.active
 
     async def close(self) -> None:
+        if self.readiness is not None:
+            await self.readiness.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.monitor.close()
