@@ -6,6 +6,14 @@ differs by nature; everything else is compared: statuses, body shapes, error typ
 messages (numbers masked; exact where the numbers come from the shared config), SSE chunk
 structure, metrics names, types and labels. Where the simulator differs on purpose, the test
 says so and why.
+
+Not compared here: vLLM's sleep mode (``POST /sleep?level=N&mode=abort|wait|keep`` ->
+``{"status": "sleeping", "level": N}``, ``POST /wake_up[?tags=...]`` -> ``{"status": "awake" |
+"sleeping", "tags": [...] | null}``, ``GET /is_sleeping`` -> ``{"is_sleeping": bool}``; requests
+sent while asleep are accepted and wait unscheduled until woken). vLLM's CPU build has no sleep
+mode, so the simulator's routes (tests/test_sim_sleep.py) are checked against vLLM 0.32.0's
+source (``vllm/entrypoints/serve/dev/sleep/api_router.py``, ``vllm/v1/engine/core.py``), not a
+live server.
 """
 
 from __future__ import annotations
@@ -266,14 +274,21 @@ def test_stop_string(pair: Pair) -> None:
 
 
 def test_chat_stream_with_usage(pair: Pair) -> None:
-    body = chat(max_tokens=3, stream=True, stream_options={"include_usage": True})
+    body = chat(
+        max_tokens=3, temperature=0, ignore_eos=True, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
     real, sim = pair.post(CHAT, body)
     assert sim.headers["content-type"] == real.headers["content-type"]
     r, s = events(real), events(sim)
     assert r[-1] == s[-1] == "[DONE]"
-    # role chunk, 3 content chunks (the last with finish_reason), usage chunk, [DONE]
-    assert len(s) == len(r) == 6
-    assert [keys(e) for e in s[:-1]] == [keys(e) for e in r[:-1]]
+    # role chunk, 3 content chunks (the last with finish_reason), usage chunk, [DONE]; vLLM
+    # sends no chunk for a token that completes no character (a byte-level piece of one), so
+    # its stream may hold one content chunk less for the same 3 tokens
+    assert len(s) == 6
+    assert len(r) in (5, 6)
+    ends = [0, -3, -2]
+    assert [keys(s[i]) for i in ends] == [keys(r[i]) for i in ends]
     assert s[0]["choices"][0]["delta"] == r[0]["choices"][0]["delta"]
     assert s[-2]["choices"] == r[-2]["choices"] == []
     assert s[-2]["usage"]["completion_tokens"] == r[-2]["usage"]["completion_tokens"] == 3

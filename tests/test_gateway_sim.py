@@ -506,6 +506,50 @@ async def test_503_from_a_backend_is_retried_on_another_deployment(sim, client, 
         await runner.cleanup()
 
 
+async def test_vllm_queue_full_503_is_busy_not_down(client) -> None:
+    """vLLM with --max-num-queued-reqs refuses overflow with 503 (QueueOverflowError): busy,
+    so the request is retried, then refused as backpressure (429), and the backend stays in."""
+    from aiohttp import web
+
+    calls = []
+
+    async def full(request: web.Request) -> web.Response:
+        calls.append(1)
+        message = (
+            "The engine is currently busy and cannot accept new requests. "
+            "Please try again later or on a different instance."
+        )
+        body = {
+            "error": {"message": message, "type": "Service Unavailable", "param": None, "code": 503}
+        }
+        return web.json_response(body, status=503)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", full)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        doc = sim_fleet(
+            {"full": (runner.addresses[0][1], 4096, 4)},
+            {ROUTE: {"deployments": ["full"]}},
+            api_keys=[{"name": "owner", "key": KEY}],
+        )
+        async with gateway(doc) as gw:
+            status, body, headers = await post(client, gw.url, chat(max_tokens=3))
+            assert status == 429 and "Retry-After" in headers
+            assert "busy" in body["error"]["message"] and len(calls) == 3
+            assert gw.gateway.admission.pools["full"].healthy
+            assert gw.gateway.admission.pools["full"].in_use == 0
+    finally:
+        await runner.cleanup()
+
+
 # -- reload -------------------------------------------------------------------------------------
 
 

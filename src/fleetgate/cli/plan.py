@@ -22,9 +22,11 @@ from fleetgate.models import UnknownModelError, load_model_info
 from fleetgate.plan import (
     DEFAULT_VLLM,
     DeploymentPlan,
+    GpuResidency,
     PlanInput,
     check_version,
     format_version,
+    gpu_residency,
     memory_bar,
     plan_deployment,
     plan_input,
@@ -169,10 +171,12 @@ def plan(
         raise typer.Exit(2)
     in_service: dict[str, tuple[str, Drift]] = {}
     specs: list[PlanInput] = []
+    shared: list[GpuResidency] = []
     try:
         if fleet is not None:
             loaded = load_or_exit(fleet, strict_env=False)
             specs = [plan_input(loaded.fleet, n) for n in loaded.fleet.deployments]
+            shared = [g for g in gpu_residency(loaded.fleet) if len(g.budgets) > 1]
             if drift:
                 in_service = _in_service(loaded, fleet, ssh_config)
             forced = _version(vllm_version)
@@ -227,7 +231,11 @@ def plan(
     else:
         for p in plans:
             _print_plan(p, in_service.get(p.name))
-    if not all(p.fits for p in plans):
+        for g in shared:
+            _print_residency(g)
+    if not all(p.fits for p in plans) or not all(
+        g.fits(g.always_on) and not g.never_fit() for g in shared
+    ):
         raise typer.Exit(1)
 
 
@@ -515,3 +523,25 @@ def _print_plan(p: DeploymentPlan, in_service: tuple[str, Drift] | None = None) 
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def _print_residency(g: GpuResidency) -> None:
+    """Which of a shared GPU's deployments can be awake together."""
+    sets = g.resident_sets()
+    ok = g.fits(g.always_on) and not g.never_fit()
+    verdict = "[green]shared[/]" if ok else "[red]over-committed[/]"
+    console.rule(f"{verdict}: [bold]GPU {g.gpu} of {g.host}[/]", align="left")
+    console.print(
+        f"{g.room_gib:.2f} GiB for vLLM budgets; "
+        + ", ".join(
+            f"{d} {g.budgets[d]:.2f}" + ("" if d in g.on_demand else " (always on)")
+            for d in g.budgets
+        ),
+        highlight=False,
+    )
+    always = list(g.always_on)
+    for combo in sets:
+        names = " + ".join([*always, *combo])
+        console.print(f"  resident together: {names} = {g.used_gib([*always, *combo]):.2f} GiB")
+    for name in g.never_fit():
+        console.print(f"  [red]never fits[/]: {name} ({g.budgets[name]:.2f} GiB)")

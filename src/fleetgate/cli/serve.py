@@ -12,6 +12,7 @@ from fleetgate.cli.common import exit_on_failure, load_or_exit, print_problems
 from fleetgate.fleetfile import (
     Fleet,
     FleetError,
+    has_on_demand,
     load_fleet,
     require_gateway,
     require_valid,
@@ -36,8 +37,11 @@ def serve(
     """Run the OpenAI-compatible gateway described by the fleet file's gateway section.
 
     SIGHUP or POST /admin/reload (with the admin key) re-reads the file; an invalid file is
-    refused and the running configuration keeps serving.
+    refused and the running configuration keeps serving. With on_demand deployments, the
+    control layer runs inside: it wakes hosts, starts and stops (or puts to sleep) the units of
+    the release deployed on each host as requests need them (docs/on-demand.md).
     """
+    from fleetgate.control import release_controller
     from fleetgate.gateway import run
     from fleetgate.plan import fleet_memory
 
@@ -49,6 +53,7 @@ def serve(
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     err_console.print(f"serving {fleet}", highlight=False)
+    readiness = release_controller(checked) if has_on_demand(checked) else None
     with exit_on_failure(fleet):  # e.g. a key store that cannot be opened
         run(
             checked,
@@ -56,4 +61,5 @@ def serve(
             port=port,
             loader=lambda: _checked(fleet),
             gpu_memory=fleet_memory(checked),
+            readiness=readiness,
         )

@@ -46,6 +46,13 @@ def sim(
     fault: str = typer.Option("ok", help="start with a fault: ok, crash, dead or stall"),
     error_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="share of requests failing 500"),
     slow_factor: float = typer.Option(1.0, min=0.001, help="prefill and decode this much slower"),
+    startup_s: float = typer.Option(
+        0.0, min=0.0, help="keep the port closed this long, as while vLLM loads the model"
+    ),
+    sleep_mode: bool = typer.Option(
+        False, help="serve vLLM's POST /sleep, POST /wake_up and GET /is_sleeping"
+    ),
+    wake_s: float = typer.Option(0.0, min=0.0, help="how long POST /wake_up takes"),
 ) -> None:
     """Serve a vLLM-compatible simulator (vLLM 0.32's API, errors, streaming and /metrics).
 
@@ -84,6 +91,9 @@ def sim(
             batch_tps=None if decode_tps or base is None else base.batch_tps,
             seed=seed,
             faults=Faults(mode=fault, error_rate=error_rate, slow_factor=slow_factor),  # type: ignore[arg-type]
+            startup_s=startup_s,
+            sleep_mode=sleep_mode,
+            wake_s=wake_s,
         )
     except ValueError as exc:
         err_console.print(f"[red]error:[/] {exc}")

@@ -167,6 +167,9 @@ def up(
     One backend per deployment on a free loopback port (the simulator with the deployment's
     settings, the planner's KV capacity and a GPU-like speed; or, with --backend vllm, a real
     vLLM process for deployments that give model_path), and the gateway in front of them.
+    On-demand deployments are simulators the gateway's control layer starts, stops, puts to
+    sleep and wakes as requests need them, with start-up and wake delays like a real vLLM's
+    (30 s and 2 s, divided by --speed): try the swapping before deploying it.
     An API key whose ${VAR} is unset gets a random key for the session, printed at start.
     While it runs, smoke, burst, health and check given the same fleet file use this fleet
     (a private file in the per-user runtime directory says where it is).

@@ -97,11 +97,17 @@ def release_summary(files: dict[str, bytes]) -> list[str]:
     return lines
 
 
+def error_lines(text: str) -> list[str]:
+    """The exception lines of a server log, once each, the last eight (the cause often sits
+    above a long traceback); a warning that merely names an exception is not one."""
+    lines = (line for line in text.splitlines() if " WARNING " not in line)
+    return list(dict.fromkeys(line for line in lines if _EXCEPTION.search(line)))[-8:]
+
+
 def log_excerpt(unit: str, text: str) -> str:
-    """The exception lines of a server log (the cause often sits above a long traceback) and
-    its last lines."""
+    """The exception lines of a server log and its last lines."""
     lines = text.splitlines()
-    errors = list(dict.fromkeys(line for line in lines if _EXCEPTION.search(line)))[-8:]
+    errors = error_lines(text)
     out = ""
     if errors:
         out += f"--- errors in {unit}'s log ---\n" + "\n".join(errors) + "\n"
@@ -360,12 +366,19 @@ class HostDeployer:
 
     def _start_and_gate(self, release: str, units: list[Unit], report: HostReport) -> bool:
         """Start every unit, then gate them in manifest order (servers before the gateway).
+        On-demand units are left to the control layer (a switch stops them with the rest).
 
         The first failure ends the gating: the release is going to be rolled back anyway, and
         the units after it (a gateway waiting on that very server) would only spend their whole
         timeout before the rollback could start.
         """
         failed: str | None = None
+        on_demand = [u for u in units if getattr(u, "on_demand", False)]
+        for unit in on_demand:
+            report.messages.append(
+                f"{unit.name}: on demand, started by the gateway's control layer when needed"
+            )
+        units = [u for u in units if u not in on_demand]
         for unit in units:
             self.step(f"starting {unit.name}")
             started = self.ops.unit(release, unit.script, "start")

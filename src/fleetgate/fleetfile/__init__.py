@@ -5,6 +5,7 @@ from fleetgate.fleetfile.crosscheck import check_fleet, require_gateway, require
 from fleetgate.fleetfile.envrefs import env_refs, has_env_refs, lone_env_ref
 from fleetgate.fleetfile.gpus import GPU_CATALOG, GpuModel, lookup_gpu
 from fleetgate.fleetfile.load import FleetError, LoadedFleet, Problem, load_fleet, parse_fleet
+from fleetgate.fleetfile.ondemand import GpuKey, gpu_sharing, gpus_of, has_on_demand, neighbours
 from fleetgate.fleetfile.routes import (
     DEFAULT_CONCURRENCY,
     PublicModel,
@@ -53,6 +54,7 @@ __all__ = [
     "FleetError",
     "Gateway",
     "Gpu",
+    "GpuKey",
     "GpuModel",
     "Host",
     "KeySpec",
@@ -70,11 +72,15 @@ __all__ = [
     "deployment_url",
     "env_refs",
     "gateway_url",
+    "gpu_sharing",
+    "gpus_of",
     "has_env_refs",
+    "has_on_demand",
     "http_url",
     "load_fleet",
     "lone_env_ref",
     "lookup_gpu",
+    "neighbours",
     "parse_fleet",
     "priority_value",
     "public_models",

@@ -42,6 +42,15 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                     "lower tensor_parallel_size or list more GPUs",
                 )
             )
+        elif dep.gpu + dep.tensor_parallel_size > len(host.gpus):
+            add(
+                Problem(
+                    f"{where}.gpu",
+                    f"GPU {dep.gpu} (and {dep.tensor_parallel_size - 1} after it) asked, host "
+                    f"{dep.host!r} has {len(host.gpus)}, numbered from 0",
+                    "lower gpu or list more GPUs",
+                )
+            )
         if dep.kv_cache_dtype.startswith("fp8") and any(
             g.arch not in FP8_KV_ARCHITECTURES for g in host.gpus
         ):
@@ -56,6 +65,8 @@ def check_fleet(fleet: Fleet) -> list[Problem]:
                     level="warning",
                 )
             )
+
+    problems.extend(_check_on_demand(fleet))
 
     seen: dict[tuple[str, int], str] = {}
     for name, dep in fleet.deployments.items():
@@ -161,6 +172,65 @@ def require_gateway(fleet: Fleet, file: str | None = None) -> Gateway:
     if fleet.gateway is None:
         raise FleetError(file, [Problem("gateway", "the fleet file has no gateway section")])
     return fleet.gateway
+
+
+def _check_on_demand(fleet: Fleet) -> list[Problem]:
+    """Hosts' default deployments, wake and suspend settings, and what on-demand implies."""
+    out = []
+    for name, host in fleet.hosts.items():
+        where = f"hosts.{name}"
+        if host.default is not None:
+            dep = fleet.deployments.get(host.default)
+            if dep is None or dep.host != name:
+                here = sorted(d for d, x in fleet.deployments.items() if x.host == name)
+                out.append(
+                    Problem(
+                        f"{where}.default",
+                        f"{host.default!r} is not a deployment on host {name!r}",
+                        f"use one of {here}" if here else "remove default",
+                    )
+                )
+            elif not dep.on_demand:
+                out.append(
+                    Problem(
+                        f"{where}.default",
+                        f"{host.default!r} is always on (not on_demand): there is nothing to "
+                        "return to",
+                        "set on_demand: true on it, or remove default",
+                        level="warning",
+                    )
+                )
+        if host.suspend_after_idle_s is not None and host.wake is None:
+            out.append(
+                Problem(
+                    f"{where}.suspend_after_idle_s",
+                    "a suspended host without wake: settings can never be woken by the gateway",
+                    "add wake: {mac: ..., address: ...} or remove suspend_after_idle_s",
+                )
+            )
+        if host.suspend_after_idle_s is not None and any(
+            d.host == name and not d.on_demand for d in fleet.deployments.values()
+        ):
+            out.append(
+                Problem(
+                    f"{where}.suspend_after_idle_s",
+                    "the host runs always-on deployments: suspending it takes them down",
+                    "make its deployments on_demand, or remove suspend_after_idle_s",
+                )
+            )
+    for name, dep in fleet.deployments.items():
+        runs_on = fleet.hosts.get(dep.host)
+        if runs_on is not None and runs_on.wake is not None and not dep.on_demand:
+            out.append(
+                Problem(
+                    f"deployments.{name}.on_demand",
+                    f"host {dep.host!r} may be asleep (it has wake:), but {name!r} is not "
+                    "on_demand: the gateway will count it down instead of waking the host",
+                    "set on_demand: true",
+                    level="warning",
+                )
+            )
+    return out
 
 
 def _check_limits(fleet: Fleet, route_name: str, profile: str | None) -> list[Problem]:

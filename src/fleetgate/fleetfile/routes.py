@@ -24,7 +24,9 @@ class RouteLimits:
     concurrency: int | None
     queue_depth: int
     queue_wait_s: float
+    load_wait_s: float
     clamp_max_tokens: bool
+    routing: str = "least_outstanding"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def route_limits(fleet: Fleet, route_name: str, profile: str | None = None) -> R
         concurrency = min(seqs) if seqs else None
     # gateway.defaults always carries these (the schema merges it over DEFAULT_LIMITS)
     assert limits.queue_depth is not None and limits.queue_wait_s is not None
+    assert limits.load_wait_s is not None
     return RouteLimits(
         max_input_tokens=limits.max_input_tokens,
         max_output_tokens=limits.max_output_tokens,
@@ -73,7 +76,9 @@ def route_limits(fleet: Fleet, route_name: str, profile: str | None = None) -> R
         concurrency=concurrency,
         queue_depth=limits.queue_depth,
         queue_wait_s=limits.queue_wait_s,
+        load_wait_s=limits.load_wait_s,
         clamp_max_tokens=bool(limits.clamp_max_tokens),
+        routing=route.routing,
     )
 
 

@@ -13,6 +13,7 @@ dialect; these rules are the first of two walls, not the only one.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -94,8 +95,44 @@ class Ssh(_Strict):
     identity_file: HostPath | None = None
 
 
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
+
+
+class Wake(_Strict):
+    """Wake-on-LAN: where the magic packet for the host's network card goes."""
+
+    mac: str = Field(description="the network card's MAC, aa:bb:cc:dd:ee:ff")
+    address: str = Field(
+        default="255.255.255.255",
+        description="a broadcast address (of the host's subnet) or the host's unicast address",
+    )
+    port: Port = 9
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        if not _MAC.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a MAC address: write six two-digit hex bytes, "
+                "e.g. 3c:7c:3f:1e:22:b0 (or with '-', or none)"
+            )
+        digits = value.replace(":", "").replace("-", "").lower()
+        return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+    @field_validator("address")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+            raise ValueError(
+                f"{value!r} is not an IPv4 address: Wake-on-LAN needs a broadcast address "
+                "like 192.168.1.255 or the host's own address"
+            )
+        return value
+
+
 class Host(_Strict):
-    """A machine: where it is, how to reach it, what GPUs it has."""
+    """A machine: where it is, how to reach it, what GPUs it has, how it wakes and sleeps."""
 
     address: Address = "127.0.0.1"
     os: Literal["linux", "windows"] = "linux"
@@ -116,6 +153,18 @@ class Host(_Strict):
         description="GPU memory (GiB) the host's desktop and other apps hold before vLLM starts; "
         "vLLM's start-up check needs total x gpu_memory_utilization free. Default: 1.0 on "
         "Windows (a desktop holds 0.3-1.5), none on Linux",
+    )
+    ram_gib: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="host RAM; checks that sleeping models' weights fit in it"
+    )
+    default: Name | None = Field(
+        default=None, description="the deployment to bring back when the host's GPU is idle"
+    )
+    wake: Wake | None = None
+    wake_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    suspend_after_idle_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="suspend the host (over its transport) after this long with nothing running",
     )
 
 
@@ -147,6 +196,15 @@ class Deployment(_Strict):
         description="runtime: process: the python that has vLLM installed; default python3",
     )
     hf_cache: HostPath | None = Field(default=None, description="default ~/.cache/huggingface")
+    gpu: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="index of the (first) GPU in the host's gpus: it runs on"
+    )
+    on_demand: bool = Field(
+        default=False, description="started (or woken) when a request needs it, stopped when idle"
+    )
+    idle_stop_s: Annotated[float, Field(gt=0)] = 600.0
+    load_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    swap: Literal["restart", "sleep"] = "restart"
 
     @field_validator("image")
     @classmethod
@@ -169,11 +227,14 @@ class Limits(_Strict):
     concurrency: Annotated[int, Field(ge=1)] | None = None
     queue_depth: Annotated[int, Field(ge=0)] | None = None
     queue_wait_s: Annotated[float, Field(gt=0)] | None = None
+    load_wait_s: Annotated[float, Field(gt=0)] | None = None
     clamp_max_tokens: bool | None = None
 
 
 # What every route starts from; ``gateway.defaults`` overrides it field by field.
-DEFAULT_LIMITS = Limits(queue_depth=16, queue_wait_s=30.0, clamp_max_tokens=False)
+DEFAULT_LIMITS = Limits(
+    queue_depth=16, queue_wait_s=30.0, load_wait_s=180.0, clamp_max_tokens=False
+)
 
 
 def merge_limits(*layers: Limits) -> Limits:
@@ -188,6 +249,7 @@ class Route(Limits):
     """A public model name pointing at one or more deployments."""
 
     deployments: list[Name] = Field(min_length=1)
+    routing: Literal["least_outstanding", "ordered"] = "least_outstanding"
     profiles: dict[Name, Limits] = {}
 
 

@@ -9,6 +9,11 @@ requests takes turns with a key that queued one), then arrival. A waiter past ha
 promoted above every class, so low-priority work is served before its deadline however much
 high-priority work keeps arriving. A key at its ``max_concurrency`` waits until one of its own
 requests ends. ``Admission(fair=False)`` is the plain FIFO by arrival (the benchmark's baseline).
+
+On-demand deployments: when none of a request's deployments serves, the request waits (counted
+in its lane's queue, bounded by its load wait) while the :class:`Readiness` brings one up. A
+deployment the controller drains admits nothing new; its queued waiters go back to asking for
+a bring-up. The admission state is the controller's view of the traffic (:class:`Traffic`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from fleetgate.gateway.errors import (
     bad_request,
     rate_limited,
     retry_after_seconds,
+    unavailable,
 )
+from fleetgate.gateway.readiness import Readiness
 
 # With nothing finished and nothing running to go by, assume this long per request.
 _DEFAULT_SERVICE_S = 1.0
@@ -50,13 +57,19 @@ class SlotPool:
     capacity: int
     in_use: int = 0
     healthy: bool = True
+    on_demand: bool = False
+    admitting: bool = True  # False while the controller has it down, starting or draining
     service_s: float | None = None  # moving average of how long a slot is held
     # when each held slot was handed out (monotonic), one entry per slot in use
     running_since: list[float] = field(default_factory=list)
 
     @property
+    def serving(self) -> bool:
+        return self.healthy and self.admitting
+
+    @property
     def free(self) -> bool:
-        return self.healthy and self.in_use < self.capacity
+        return self.serving and self.in_use < self.capacity
 
     def take(self, count: int = 1) -> None:
         self.in_use += count
@@ -106,17 +119,25 @@ class _Waiter:
     since: float = field(default_factory=monotonic)
 
 
+class _Requeue(Exception):
+    """A queued request's deployments stopped serving (drained for a swap): ask again."""
+
+
 class Admission:
     """Hands out deployment slots; queues the rest, bounded per lane."""
 
     def __init__(self, *, fair: bool = True) -> None:
         self.pools: dict[str, SlotPool] = {}
-        self.recheck_s = 5.0  # how often a down deployment is checked again (Retry-After of 503)
         self.fair = fair
+        self.recheck_s = 5.0  # how often a down deployment is checked again (Retry-After of 503)
         self._queues: dict[str, deque[_Waiter]] = {}
         self._seq = itertools.count()
         self._running: dict[str, int] = {}  # key -> its requests holding slots
         self._granted: dict[str, int] = {}  # key -> virtual time: grants so far (fair order)
+        self.readiness: Readiness | None = None
+        # deployment -> when each request waiting for its bring-up arrived
+        self._loading: dict[str, list[float]] = {}
+        self._loading_lanes: dict[str, int] = {}
 
     # -- configuration and health -------------------------------------------------------------
 
@@ -124,11 +145,13 @@ class Admission:
         self,
         capacities: dict[str, int],
         recheck_s: float | None = None,
+        on_demand: frozenset[str] = frozenset(),
         *,
         renamed: dict[str, str] | None = None,
     ) -> None:
-        """Set every deployment's capacity (slots held by in-flight requests are kept) and how
-        often the health checks look at a down deployment again.
+        """Set every deployment's capacity (slots held by in-flight requests are kept), how
+        often the health checks look at a down deployment again, and which deployments are
+        brought up on demand (they admit nothing until the controller says they serve).
 
         ``renamed`` maps a new name to the old name of the same backend: its pool (the slots in
         use, its health) moves to the new name and its waiters stay queued, so a rename
@@ -147,9 +170,11 @@ class Admission:
         for name, capacity in capacities.items():
             pool = self.pools.get(name)
             if pool is None:
-                self.pools[name] = SlotPool(name, capacity)
+                pool = self.pools[name] = SlotPool(name, capacity)
+                pool.admitting = name not in on_demand
             else:
                 pool.capacity = capacity
+            pool.on_demand = name in on_demand
         for name in [n for n in self.pools if n not in capacities]:
             del self.pools[name]  # holders still release into the old object
         self._fail_stranded("removed by a reload")
@@ -167,31 +192,103 @@ class Admission:
             self._fail_stranded()
 
     def any_healthy(self, candidates: Iterable[str]) -> bool:
-        return any((p := self.pools.get(c)) is not None and p.healthy for c in candidates)
+        """One of them serves now, or can be brought up on demand."""
+        return any(
+            (p := self.pools.get(c)) is not None and (p.serving or self._startable(p))
+            for c in candidates
+        )
+
+    def _startable(self, pool: SlotPool) -> bool:
+        return (
+            pool.on_demand
+            and self.readiness is not None
+            and self.readiness.refused(pool.name) is None
+        )
+
+    def _serving(self, candidates: Iterable[str]) -> bool:
+        return any((p := self.pools.get(c)) is not None and p.serving for c in candidates)
 
     def require_healthy(self, route: str, candidates: tuple[str, ...]) -> None:
-        """503 unless one of the route's deployments is up: the one place that refusal is made."""
-        if not self.any_healthy(candidates):
-            raise all_down(route, candidates, self.recheck_s)
+        """503 unless one of the route's deployments is up (or can be brought up): the one
+        place that refusal is made."""
+        if self.any_healthy(candidates):
+            return
+        if self.readiness is not None:
+            for name in candidates:
+                refusal = self.readiness.refused(name) if self.readiness.manages(name) else None
+                if refusal is not None:
+                    raise unavailable(
+                        f"no deployment of {route!r} is up; {name!r} failed to start: "
+                        f"{refusal.message}",
+                        retry_after=refusal.retry_after_s,
+                    )
+        raise all_down(route, candidates, self.recheck_s)
+
+    # -- the controller's view (Traffic) ------------------------------------------------------
+
+    def in_flight(self, deployment: str) -> int:
+        pool = self.pools.get(deployment)
+        return pool.in_use if pool else 0
+
+    def waiting(self, deployment: str) -> int:
+        """Requests queued for ``deployment`` or waiting for its bring-up."""
+        queued = sum(
+            1
+            for queue in self._queues.values()
+            for w in queue
+            if not w.future.done() and deployment in w.candidates
+        )
+        return queued + len(self._loading.get(deployment, ()))
+
+    def oldest_waiting(self, deployment: str) -> float | None:
+        """When the longest-waiting request for ``deployment`` arrived (monotonic), if any."""
+        times = [
+            w.since
+            for queue in self._queues.values()
+            for w in queue
+            if not w.future.done() and deployment in w.candidates
+        ]
+        times += self._loading.get(deployment, ())
+        return min(times, default=None)
+
+    def admit(self, deployment: str, on: bool) -> None:
+        """The controller's word: ``deployment`` serves (it passed its checks just now), or it
+        takes nothing new (draining, stopped, asleep)."""
+        pool = self.pools.get(deployment)
+        if pool is None:
+            return
+        if on:
+            pool.admitting = pool.healthy = True
+            self._dispatch(pool)
+        elif pool.admitting:
+            pool.admitting = False
+            self._fail_stranded()
 
     # -- the request path ---------------------------------------------------------------------
 
     def try_acquire(
-        self, candidates: Iterable[str], exclude: str | None = None, slots: int = 1
+        self,
+        candidates: Iterable[str],
+        exclude: str | None = None,
+        slots: int = 1,
+        *,
+        ordered: bool = False,
     ) -> SlotPool | None:
-        """``slots`` free slots on the healthy deployment with the fewest requests in flight,
-        if any has them."""
+        """``slots`` free slots on the serving deployment with the fewest requests in flight
+        (or, with ``ordered``, the first in order that has them), if any."""
         best = None
         for name in candidates:
             pool = self.pools.get(name)
             if (
                 pool is not None
                 and name != exclude
-                and pool.healthy
+                and pool.serving
                 and pool.in_use + slots <= pool.capacity
                 and (best is None or pool.in_use < best.in_use)
             ):
                 best = pool
+                if ordered:
+                    break
         if best is not None:
             best.take(slots)
         return best
@@ -204,22 +301,21 @@ class Admission:
         wait_s: float,
         *,
         route: str | None = None,
+        load_wait_s: float | None = None,
+        ordered: bool = False,
         slots: int = 1,
         claimant: Claimant = ANONYMOUS,
     ) -> SlotPool:
         """``slots`` slots on one deployment now (a request running ``slots`` sequences holds
-        that many), or a place in the lane's queue until they free up or ``wait_s`` passes.
+        that many), or a place in the lane's queue until they free up or ``wait_s`` passes;
+        where no deployment serves but one can be brought up on demand, first its bring-up
+        (bounded by ``load_wait_s``).
 
         Raises 400 when no candidate has that many slots at all, 429 when the queue is full or
-        the wait runs out, 503 when every candidate of ``route`` (default: the lane) is down.
-        A cancelled caller (client gone) leaves the queue. Give the slots back with
-        :meth:`release` and the same ``claimant``.
+        the wait runs out, 503 when every candidate of ``route`` (default: the lane) is down or
+        its start failed. A cancelled caller (client gone) leaves the queue. Give the slots
+        back with :meth:`release` and the same ``claimant``.
         """
-        if not self._capped(claimant):
-            pool = self.try_acquire(candidates, slots=slots)
-            if pool is not None:
-                self._grant(claimant)
-                return pool
         route = route or lane
         most = max((p.capacity for c in candidates if (p := self.pools.get(c))), default=0)
         if slots > most:
@@ -229,9 +325,88 @@ class Admission:
                 "fewer prompts per request",
                 param="n",
             )
-        self.require_healthy(route, candidates)
+        arrived = monotonic()
+        load_deadline = arrived + (load_wait_s if load_wait_s is not None else wait_s)
+        while True:
+            if not self._capped(claimant):
+                pool = self.try_acquire(candidates, slots=slots, ordered=ordered)
+                if pool is not None:
+                    self._grant(claimant)
+                    return pool
+            self.require_healthy(route, candidates)
+            if not self._serving(candidates):
+                await self.bring_up(lane, route, candidates, depth, load_deadline, arrived)
+                continue
+            try:
+                return await self._wait_in_queue(
+                    lane, route, candidates, depth, wait_s, slots, claimant
+                )
+            except _Requeue:
+                continue
+
+    async def ensure_serving(
+        self, lane: str, route: str, candidates: tuple[str, ...], depth: int, load_wait_s: float
+    ) -> None:
+        """Before asking a backend anything (its token count): if none of ``candidates``
+        serves, wait while one is brought up."""
+        if self.readiness is not None and not self._serving(candidates):
+            self.require_healthy(route, candidates)
+            now = monotonic()
+            await self.bring_up(lane, route, candidates, depth, now + load_wait_s, now)
+
+    async def bring_up(
+        self,
+        lane: str,
+        route: str,
+        candidates: tuple[str, ...],
+        depth: int,
+        deadline: float,
+        arrived: float,
+    ) -> None:
+        """Wait (a place in the lane's queue) while the first startable candidate is brought
+        up; 503 with the controller's reason if it cannot be by ``deadline``."""
+        readiness = self.readiness
+        target = next(
+            (c for c in candidates if (p := self.pools.get(c)) is not None and self._startable(p)),
+            None,
+        )
+        if readiness is None or target is None:
+            self.require_healthy(route, candidates)
+            raise all_down(route, candidates, self.recheck_s)
+        queued = len(self._queues.get(lane, ())) + self._loading_lanes.get(lane, 0)
+        if queued >= depth:
+            raise rate_limited(
+                f"queue for {lane!r} is full: {queued} requests waiting in it while "
+                f"{target!r} is brought up, queue_depth is {depth}",
+                reason="queue_full",
+                retry_after=max(1.0, deadline - monotonic()),
+            )
+        waiting = self._loading.setdefault(target, [])
+        waiting.append(arrived)
+        self._loading_lanes[lane] = self._loading_lanes.get(lane, 0) + 1
+        try:
+            refusal = await readiness.ensure_ready(target, deadline)
+        finally:
+            waiting.remove(arrived)
+            self._loading_lanes[lane] -= 1
+        if refusal is not None:
+            raise unavailable(
+                f"{route!r}: deployment {target!r} could not be brought up: {refusal.message}",
+                retry_after=refusal.retry_after_s,
+            )
+
+    async def _wait_in_queue(
+        self,
+        lane: str,
+        route: str,
+        candidates: tuple[str, ...],
+        depth: int,
+        wait_s: float,
+        slots: int = 1,
+        claimant: Claimant = ANONYMOUS,
+    ) -> SlotPool:
         queue = self._queues.setdefault(lane, deque())
-        if len(queue) >= depth:
+        if len(queue) + self._loading_lanes.get(lane, 0) >= depth:
             ahead = self._waiting_ahead(candidates)
             # A place in this queue frees up when its first waiter gets a slot.
             head = next((w for w in queue if not w.future.done()), None)
@@ -409,7 +584,7 @@ class Admission:
         return best
 
     def _dispatch(self, pool: SlotPool) -> None:
-        while pool.healthy and pool.in_use < pool.capacity:
+        while pool.free:
             waiter = self._next_for(pool)
             if waiter is None or pool.in_use + waiter.slots > pool.capacity:
                 return  # the next waits for enough slots; nobody passes it meanwhile
@@ -427,12 +602,16 @@ class Admission:
                     waiter.future.set_exception(error())
 
     def _fail_stranded(self, state: str = "down") -> None:
-        """Fail the waiters none of whose deployments is up, saying in what ``state`` they are."""
+        """Fail the waiters none of whose deployments is up, saying in what ``state`` they are;
+        send back those that one can be brought up for."""
         for queue in self._queues.values():
             for waiter in list(queue):
-                if waiter.future.done() or self.any_healthy(waiter.candidates):
+                if waiter.future.done() or self._serving(waiter.candidates):
                     continue
                 queue.remove(waiter)
-                waiter.future.set_exception(
-                    all_down(waiter.route, waiter.candidates, self.recheck_s, state=state)
-                )
+                if self.any_healthy(waiter.candidates):
+                    waiter.future.set_exception(_Requeue())
+                else:
+                    waiter.future.set_exception(
+                        all_down(waiter.route, waiter.candidates, self.recheck_s, state=state)
+                    )

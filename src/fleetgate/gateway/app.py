@@ -26,6 +26,7 @@ from fleetgate.gateway.keystore import KeyStoreError, UsageRow
 from fleetgate.gateway.listener import CappedSite, ServerLog
 from fleetgate.gateway.metrics import CONTENT_TYPE
 from fleetgate.gateway.proxy import completions, tokenize
+from fleetgate.gateway.readiness import Readiness
 from fleetgate.gateway.state import FleetLoader, GatewayState, ReloadError
 
 log = logging.getLogger("fleetgate.gateway")
@@ -117,7 +118,8 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Ready while at least one route has a healthy deployment; each route's state listed."""
+    """Ready while at least one route has a deployment that serves or can be brought up on
+    demand; each route's state listed, and each on-demand deployment's lifecycle state."""
     gw = request.app[GATEWAY]
     try:
         authenticate_scraper(gw.config, request)
@@ -127,10 +129,18 @@ async def ready(request: web.Request) -> web.Response:
     for m in gw.config.models.values():
         if m.name != m.route:
             continue
-        up = [d for d in m.deployments if gw.upstream.healthy(d)]
-        routes[m.name] = {"up": up, "down": [d for d in m.deployments if d not in up]}
-    is_ready = any(r["up"] for r in routes.values())
-    return _json({"ready": is_ready, "routes": routes}, 200 if is_ready else 503)
+        up = [d for d in m.deployments if gw.upstream.serving(d)]
+        startable = [d for d in m.deployments if d not in up and gw.admission.any_healthy((d,))]
+        routes[m.name] = {
+            "up": up,
+            "on_demand": startable,
+            "down": [d for d in m.deployments if d not in up and d not in startable],
+        }
+    is_ready = any(r["up"] or r["on_demand"] for r in routes.values())
+    body: dict[str, object] = {"ready": is_ready, "routes": routes}
+    if gw.readiness is not None:
+        body["deployments"] = gw.readiness.status()
+    return _json(body, 200 if is_ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -140,6 +150,8 @@ async def metrics(request: web.Request) -> web.Response:
     except GatewayError as exc:
         return exc.response()
     body = gw.metrics.render()
+    if gw.readiness is not None:
+        body += gw.readiness.metrics_text()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -334,14 +346,16 @@ def create_app(
     loader: FleetLoader | None = None,
     access_stream: TextIO | None = None,
     gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
+    readiness: Readiness | None = None,
 ) -> web.Application:
-    """The gateway for a fleet that passed ``check_fleet``; ``loader`` re-reads it on reload.
+    """The gateway for a fleet that passed ``check_fleet``; ``loader`` re-reads it on reload;
+    ``readiness`` brings on-demand deployments up (it runs while the gateway does).
 
     Access lines go to ``access_stream`` if given, else to the ``fleetgate.gateway.access``
     logger (see :mod:`fleetgate.gateway.accesslog`). ``gpu_memory``: the plan's memory split
     per deployment, as plain data, for the /ui page (the gateway does not plan).
     """
-    gateway = GatewayState(GatewayConfig.from_fleet(fleet), loader, access_stream)
+    gateway = GatewayState(GatewayConfig.from_fleet(fleet), loader, access_stream, readiness)
     gateway.monitor.gpu_memory = {name: dict(split) for name, split in (gpu_memory or {}).items()}
     # Body size is enforced by the gateway itself (with an OpenAI-style 413), not by aiohttp.
     app = web.Application(client_max_size=0, middlewares=[cors_middleware(lambda: gateway.config)])
@@ -394,6 +408,7 @@ async def serve(
     access_stream: TextIO | None = None,
     gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
     shutdown_timeout_s: float = 60.0,
+    readiness: Readiness | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """Run the gateway on this event loop until the block ends (port 0: any free port).
 
@@ -402,7 +417,13 @@ async def serve(
     block ends, handlers still running get ``shutdown_timeout_s`` before they are cancelled
     (:meth:`RunningGateway.drain` first, for a drain with answers).
     """
-    app = create_app(fleet, loader=loader, access_stream=access_stream, gpu_memory=gpu_memory)
+    app = create_app(
+        fleet,
+        loader=loader,
+        access_stream=access_stream,
+        gpu_memory=gpu_memory,
+        readiness=readiness,
+    )
     gw = app[GATEWAY]
     runner = web.AppRunner(
         app,
@@ -437,6 +458,7 @@ def run(
     port: int | None = None,
     loader: FleetLoader | None = None,
     gpu_memory: Mapping[str, Mapping[str, Any]] | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; SIGHUP reloads the fleet file through ``loader``.
 
@@ -464,6 +486,7 @@ def run(
             access_stream=sys.stderr,
             gpu_memory=gpu_memory,
             shutdown_timeout_s=1.0,  # after the drain below, nothing should be left running
+            readiness=readiness,
         ) as running:
             gw = running.gateway
 

@@ -37,6 +37,7 @@ class DeploymentConfig:
     concurrency: int
     host: str = ""
     model: str = ""
+    on_demand: bool = False  # brought up by the control layer when a request needs it
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ModelConfig:
     tpm: int | None
     queue_depth: int
     queue_wait_s: float
+    load_wait_s: float = 180.0
+    ordered: bool = False  # routing: ordered (the first deployment that can serve, in order)
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class GatewayConfig:
                 tpm=lim.tpm,
                 queue_depth=lim.queue_depth,
                 queue_wait_s=lim.queue_wait_s,
+                load_wait_s=lim.load_wait_s,
+                ordered=lim.routing == "ordered",
             )
         deployments = {}
         for name, slots in deployment_slots(fleet).items():
@@ -161,6 +166,7 @@ class GatewayConfig:
                 concurrency=slots,
                 host=dep.host,
                 model=dep.model,
+                on_demand=dep.on_demand,
             )
         keys = {hash_key(k.key): KeyConfig.from_fleet(k) for k in gw.api_keys}
         return cls(

@@ -141,6 +141,8 @@ class Exchange:
                 model.queue_wait_s,
                 route=model.route,
                 slots=self.slots,
+                load_wait_s=model.load_wait_s,
+                ordered=model.ordered,
                 claimant=claimant,
             )
         except BaseException as exc:

@@ -71,6 +71,9 @@ async def tokenize(request: web.Request, gw: GatewayState) -> web.StreamResponse
         model = _resolve(gw, key, name, rec)
         # a count asked for is a request like any other: it takes one from the lane's RPM
         await gw.limiter.reserve(Quota(model.lane, model.rpm, None), 0)
+        await gw.admission.ensure_serving(
+            model.lane, model.route, model.deployments, model.queue_depth, model.load_wait_s
+        )
         answer = await gw.upstream.tokenize(model.deployments, payload)
         rec.deployment, rec.tokens_in, rec.status = answer.deployment, answer.count, 200
         return web.Response(body=json.dumps(answer.body).encode(), content_type=JSON_TYPE)

@@ -22,6 +22,7 @@ from fleetgate.gateway.config import GatewayConfig
 from fleetgate.gateway.errors import bad_gateway, shutting_down
 from fleetgate.gateway.metrics import GatewayMetrics
 from fleetgate.gateway.ratelimit import Quota, RateLimiter, make_rate_limiter
+from fleetgate.gateway.readiness import Readiness
 from fleetgate.gateway.snapshot import Monitor
 from fleetgate.gateway.upstream import Upstream
 
@@ -50,11 +51,14 @@ class GatewayState:
         config: GatewayConfig,
         loader: FleetLoader | None = None,
         access_stream: TextIO | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.config = config
+        self.readiness = readiness
         self.loader = loader
         self.access_log = AccessLog(access_stream)
         self.admission = Admission()
+        self.admission.readiness = readiness
         self.metrics = GatewayMetrics(self.admission)
         self.monitor = Monitor(self.metrics)
         self.upstream = Upstream(self.admission, self.admission.set_healthy)
@@ -91,6 +95,7 @@ class GatewayState:
         self.admission.configure(
             {n: d.concurrency for n, d in config.deployments.items()},
             config.health.interval_s,
+            frozenset(n for n, d in config.deployments.items() if d.on_demand),
             renamed=renamed,
         )
         self.upstream.configure(config)
@@ -107,6 +112,9 @@ class GatewayState:
         await self.upstream.start()
         self.monitor.start()
         await self.accounts.start()
+        if self.readiness is not None:
+            self.readiness.attach(self.admission)
+            await self.readiness.start()
 
     def _make_limiter(self, redis_url: str | None) -> RateLimiter:
         return make_rate_limiter(redis_url, self.metrics.ratelimit_store_failures.inc)
@@ -162,6 +170,8 @@ class GatewayState:
         return not self.active
 
     async def close(self) -> None:
+        if self.readiness is not None:
+            await self.readiness.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.monitor.close()

@@ -91,7 +91,12 @@ async def check_tokens(upstream: Upstream, model: ModelConfig, req: ParsedReques
         prompt = bound
     else:
         lengths = req.token_id_prompt_lengths()
-        for payload in req.tokenize_payloads():
+        payloads = req.tokenize_payloads()
+        if payloads:  # the backend counts: an on-demand one has to be up first
+            await upstream.admission.ensure_serving(
+                model.lane, model.route, model.deployments, model.queue_depth, model.load_wait_s
+            )
+        for payload in payloads:
             lengths.append(await upstream.count_tokens(model.deployments, payload))
         prompt = max(lengths)
     what, out_field = req.prompt_field, req.output_field

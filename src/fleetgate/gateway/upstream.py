@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from fleetgate.gateway.admission import Admission, SlotPool
 from fleetgate.gateway.config import DeploymentConfig, GatewayConfig
-from fleetgate.gateway.errors import GatewayError, bad_gateway
+from fleetgate.gateway.errors import GatewayError, bad_gateway, rate_limited
 from fleetgate.gateway.http import (
     ConnectFailed,
     Disconnected,
@@ -34,6 +34,19 @@ RETRY_BASE_S = 0.05
 # together): a burst of huge prompts to count must not stall the generations running there.
 COUNTS_PER_DEPLOYMENT = 2
 RETRYABLE_STATUS = frozenset({502, 503})
+# vLLM's 503 when --max-num-queued-reqs / --max-num-queued-tokens is reached (QueueOverflowError,
+# MaxQueuedTokensError in vllm/exceptions.py): the server is busy, not down.
+_BUSY_MESSAGES = (
+    "The engine is currently busy and cannot accept new requests",
+    "The engine has reached its prefill token backlog limit",
+)
+
+
+def is_busy(status: int, message: str) -> bool:
+    """A vLLM refusal because its own queue is capped."""
+    return status == 503 and message.startswith(_BUSY_MESSAGES)
+
+
 _CONNECTION_ERRORS = (ConnectFailed, Disconnected)
 
 
@@ -128,6 +141,11 @@ class Upstream:
         pool = self.admission.pools.get(name)
         return pool is not None and pool.healthy
 
+    def serving(self, name: str) -> bool:
+        """Healthy and admitting (an on-demand deployment the controller has up)."""
+        pool = self.admission.pools.get(name)
+        return pool is not None and pool.serving
+
     def record(self, name: str, ok: bool) -> bool:
         """One probe or request outcome: down after N failures in a row, up after a success.
         True when this outcome took the deployment down."""
@@ -155,7 +173,12 @@ class Upstream:
             return False
 
     async def probe_all(self) -> None:
-        deps = list(self.deployments.values())
+        # an on-demand deployment the controller has down is its business, not a failure
+        deps = [
+            d
+            for d in self.deployments.values()
+            if (p := self.admission.pools.get(d.name)) is None or p.admitting
+        ]
         results = await asyncio.gather(*(self.probe(d) for d in deps))
         for dep, ok in zip(deps, results, strict=True):
             if dep.name in self.deployments and self.record(dep.name, ok):
@@ -185,6 +208,7 @@ class Upstream:
         """
         last = "no attempt made"
         attempt = 0
+        busy = 0  # attempts a backend refused as busy (its queue capped), not as down
         while True:
             pool = holder.pool
             dep = self.deployments.get(pool.name)
@@ -207,8 +231,17 @@ class Upstream:
                     body = await resp.read(self.max_response_bytes)
                 except ProtocolError as exc:
                     body = str(exc).encode()
-                last = f"deployment {dep.name!r} answered {resp.status}: {error_message(body)}"
+                message = error_message(body)
+                busy += is_busy(resp.status, message)
+                last = f"deployment {dep.name!r} answered {resp.status}: {message}"
             if attempt >= self.retries:
+                if busy == attempt + 1:
+                    raise rate_limited(
+                        f"every deployment tried is busy (its own queue is full) after "
+                        f"{attempt + 1} attempt(s); {last}",
+                        reason="backend_busy",
+                        retry_after=max(1.0, pool.service_s or 1.0),
+                    )
                 raise bad_gateway(f"upstream failed after {attempt + 1} attempt(s); {last}")
             await asyncio.sleep(backoff_s(attempt))
             attempt += 1
@@ -229,7 +262,7 @@ class Upstream:
         next deployment, and 502 when none answered with a count.
         """
         names = sorted(
-            (n for n in candidates if self.healthy(n) and n in self.deployments),
+            (n for n in candidates if self.serving(n) and n in self.deployments),
             key=lambda n: self.admission.pools[n].in_use,
         )
         last = "no healthy deployment"

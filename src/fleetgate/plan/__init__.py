@@ -8,6 +8,8 @@ from fleetgate.plan.fleetplan import (
     plan_input,
     plan_problems,
     planned_kv_tokens,
+    residency_problems,
+    sleep_ram_gib,
 )
 from fleetgate.plan.memory import (
     BLOCK_SIZE,
@@ -20,6 +22,7 @@ from fleetgate.plan.memory import (
     plan_deployment,
     weight_bytes,
 )
+from fleetgate.plan.residency import SLEEP_RESIDUE_GIB, GpuResidency, gpu_residency
 from fleetgate.plan.rules import (
     DEFAULT_VLLM,
     NEWEST_MODELLED,
@@ -34,7 +37,9 @@ __all__ = [
     "BLOCK_SIZE",
     "DEFAULT_VLLM",
     "NEWEST_MODELLED",
+    "SLEEP_RESIDUE_GIB",
     "DeploymentPlan",
+    "GpuResidency",
     "KvOption",
     "MemoryRules",
     "PlanInput",
@@ -44,6 +49,7 @@ __all__ = [
     "fleet_memory",
     "fleet_problems",
     "format_version",
+    "gpu_residency",
     "kv_bytes_per_token",
     "memory_bar",
     "memory_rules_for",
@@ -54,5 +60,7 @@ __all__ = [
     "plan_input",
     "plan_problems",
     "planned_kv_tokens",
+    "residency_problems",
+    "sleep_ram_gib",
     "weight_bytes",
 ]

@@ -42,6 +42,10 @@ class VllmUnit(_Record):
     served_model_name: str
     max_model_len: int | None = Field(description="what /v1/models must report; None: vLLM's")
     settings_sha256: str
+    on_demand: bool = Field(
+        default=False,
+        description="started and stopped by the gateway's control layer, not by deploy",
+    )
 
 
 class GatewayUnit(_Record):
@@ -108,6 +112,7 @@ def host_manifest(source: Source, host: str) -> Manifest:
                 served_model_name=dep.public_name(name),
                 max_model_len=dep.max_model_len,
                 settings_sha256=deployment_hash(source, name),
+                on_demand=dep.on_demand,
             )
         )
     if fleet.gateway is not None and fleet.gateway.host == host:

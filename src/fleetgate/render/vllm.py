@@ -66,7 +66,10 @@ def vllm_command(fleet: Fleet, name: str) -> VllmCommand:
         flags += ["--tensor-parallel-size", str(dep.tensor_parallel_size)]
     if dep.enforce_eager:
         flags.append("--enforce-eager")
+    env = dict(dep.env)
+    if dep.on_demand and dep.swap == "sleep":
+        # sleep mode, and its /sleep, /wake_up and /is_sleeping routes (dev mode only)
+        flags.append("--enable-sleep-mode")
+        env.setdefault("VLLM_SERVER_DEV_MODE", "1")
     flags += dep.extra_args
-    return VllmCommand(
-        name=name, model=model, flags=tuple(flags), env=tuple(sorted(dep.env.items()))
-    )
+    return VllmCommand(name=name, model=model, flags=tuple(flags), env=tuple(sorted(env.items())))

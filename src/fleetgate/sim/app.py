@@ -43,6 +43,8 @@ class SimState:
     created: int = field(default_factory=lambda: int(time.time()))
     fingerprint: str = field(default_factory=lambda: f"vllm-{VLLM_VERSION}-{secrets.token_hex(4)}")
     on_faults: Callable[[Faults], None] | None = None
+    # sleep mode: what is off the GPU (level 1 and 2 offload both; level 0 only pauses)
+    asleep_tags: set[str] = field(default_factory=set)
 
     @property
     def faults(self) -> Faults:
@@ -64,6 +66,11 @@ def make_app(state: SimState) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/responses", responses)
+    if state.config.sleep_mode:
+        # vLLM attaches these only with VLLM_SERVER_DEV_MODE=1 (entrypoints/serve/dev/sleep)
+        app.router.add_post("/sleep", sleep)
+        app.router.add_post("/wake_up", wake_up)
+        app.router.add_get("/is_sleeping", is_sleeping)
     app.router.add_get("/admin/faults", get_faults)
     app.router.add_post("/admin/faults", post_faults)
     return app
@@ -166,6 +173,89 @@ async def detokenize(request: web.Request) -> web.Response:
     req = _validate(DetokenizeRequest, await _json_body(request))
     _check_model(state, req.model)
     return _json({"prompt": state.tokenizer.decode(req.tokens)})
+
+
+# -- sleep mode (vLLM's entrypoints/serve/dev/sleep/api_router.py) -----------------------------
+
+_PAUSE_MODES = ("abort", "wait", "keep")
+
+
+def _query_level(request: web.Request) -> int:
+    raw = request.query.get("level", "1")
+    loc = ("query", "level")
+    if not raw.lstrip("-").isdigit():
+        raise errors.query_validation(
+            [
+                {
+                    "type": "int_parsing",
+                    "loc": loc,
+                    "msg": "Input should be a valid integer, unable to parse string as an integer",
+                    "input": raw,
+                }
+            ]
+        )
+    level = int(raw)
+    if not 0 <= level <= 2:
+        kind, bound = ("greater_than_equal", 0) if level < 0 else ("less_than_equal", 2)
+        word = "greater" if level < 0 else "less"
+        raise errors.query_validation(
+            [
+                {
+                    "type": kind,
+                    "loc": loc,
+                    "msg": f"Input should be {word} than or equal to {bound}",
+                    "input": raw,
+                    "ctx": {"ge" if level < 0 else "le": str(bound)},
+                }
+            ]
+        )
+    return level
+
+
+async def sleep(request: web.Request) -> web.Response:
+    """``POST /sleep?level=1&mode=abort``: pause the scheduler (level 0), offload the weights to
+    host RAM and drop the KV cache (1), or drop the weights too (2)."""
+    state = request.app[STATE]
+    level = _query_level(request)
+    mode = request.query.get("mode", "abort")
+    if mode not in _PAUSE_MODES:
+        raise errors.query_validation(
+            [
+                {
+                    "type": "literal_error",
+                    "loc": ("query", "mode"),
+                    "msg": "Input should be 'abort', 'wait' or 'keep'",
+                    "input": mode,
+                    "ctx": {"expected": "'abort', 'wait' or 'keep'"},
+                }
+            ]
+        )
+    engine = state.engine
+    engine.sleep(level, mode)
+    state.asleep_tags |= {"weights", "kv_cache"} if level >= 1 else set()
+    while mode == "wait" and engine.running:
+        await asyncio.sleep(0.01)
+    return _json({"status": "sleeping", "level": level})
+
+
+async def wake_up(request: web.Request) -> web.Response:
+    """``POST /wake_up`` (optionally ``tags=weights&tags=kv_cache``): weights back from host RAM,
+    taking ``wake_s``; the scheduler resumes only once every tag is resident again."""
+    state = request.app[STATE]
+    tags = request.query.getall("tags", []) or None
+    asleep = state.asleep_tags
+    waking = set(asleep) if tags is None else asleep & set(tags)
+    if "weights" in waking and state.config.wake_s > 0:
+        await asyncio.sleep(state.config.wake_s)
+    asleep -= waking
+    if not asleep and state.engine.sleep_level is not None:
+        state.engine.wake_up()
+    awake = state.engine.sleep_level is None
+    return _json({"status": "awake" if awake else "sleeping", "tags": tags})
+
+
+async def is_sleeping(request: web.Request) -> web.Response:
+    return _json({"is_sleeping": request.app[STATE].engine.sleep_level is not None})
 
 
 async def get_faults(request: web.Request) -> web.Response:

@@ -59,8 +59,13 @@ class SimConfig:
     seed: int = 0
     reply_tokens: int | None = 128
     faults: Faults = field(default_factory=Faults)
+    startup_s: float = 0.0
+    sleep_mode: bool = False
+    wake_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.startup_s < 0 or self.wake_s < 0:
+            raise ValueError("startup_s and wake_s must not be negative")
         if self.max_model_len < 1 or self.max_num_seqs < 1:
             raise ValueError("max_model_len and max_num_seqs must be at least 1")
         if self.prefill_tps <= 0 or self.decode_tps <= 0 or (self.batch_tps or 1) <= 0:

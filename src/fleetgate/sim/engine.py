@@ -95,6 +95,9 @@ class SimEngine:
         self.aborted = 0
         self._stalled: list[Sequence] = []
         self._rng = random.Random(config.seed)
+        # vLLM's sleep: None awake, else the level; while asleep new requests queue unscheduled
+        self.sleep_level: int | None = None
+        self._frozen: list[Sequence] = []
 
     # -- public -------------------------------------------------------------------------------
 
@@ -117,6 +120,33 @@ class SimEngine:
                 self.waiting.remove(seq)
             self._finish(seq, "error")
             seq.deliver(Output("", "error"))
+
+    def sleep(self, level: int, mode: str = "abort") -> None:
+        """vLLM's ``EngineCore.sleep``: pause the scheduler; ``abort`` ends what runs and waits
+        (finish_reason ``abort``), ``wait`` lets what runs finish, ``keep`` freezes it where it
+        is. New requests queue until :meth:`wake_up`."""
+        if mode == "abort":
+            for seq in [*self.running, *self.waiting]:
+                if seq.state == "waiting":
+                    self.waiting.remove(seq)
+                self._finish(seq, "abort")
+                seq.deliver(Output("", "abort"))
+        elif mode == "keep":
+            for seq in self.running:
+                if seq._timer is not None:
+                    seq._timer.cancel()
+                    seq._timer = None
+                self._frozen.append(seq)
+        self.sleep_level = level
+
+    def wake_up(self) -> None:
+        """Resume scheduling: frozen sequences go on, queued ones are admitted."""
+        self.sleep_level = None
+        frozen, self._frozen = self._frozen, []
+        for seq in frozen:
+            if seq.state == "running":
+                self._arm(seq, self._decode_interval())
+        self._schedule()
 
     def set_faults(self, faults: Faults) -> None:
         was_stalled = self.faults.mode == "stall"
@@ -151,6 +181,8 @@ class SimEngine:
 
     def _schedule(self) -> None:
         """Admit waiting sequences, oldest first, while there is a slot and KV room."""
+        if self.sleep_level is not None:
+            return
         now = time.monotonic()
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
@@ -207,7 +239,7 @@ class SimEngine:
 
     def _step(self, seq: Sequence) -> None:
         seq._timer = None
-        if seq.state != "running":
+        if seq.state != "running" or seq in self._frozen:
             return
         if self.faults.mode == "stall":
             self._stalled.append(seq)

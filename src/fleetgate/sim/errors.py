@@ -114,6 +114,11 @@ def _validation_error(errors: list[dict[str, Any]]) -> ApiError:
     return ApiError(400, message, param=first, type_="Bad Request")
 
 
+def query_validation(errors: list[dict[str, Any]]) -> ApiError:
+    """A query parameter FastAPI refused (``loc`` starts with ``query``)."""
+    return _validation_error(errors)
+
+
 # pydantic names the member of a union that failed (``stop.str``); vLLM's locations do not
 _UNION_TAG = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\])$")
 

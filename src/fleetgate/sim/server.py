@@ -64,14 +64,32 @@ class SimServer:
         app = make_app(self._state)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        if self.config.faults.mode != "crash":
+        if self.config.startup_s > 0:
+            # loading the model: the port is closed (connection refused) until it is done
+            self.port = self.port or _free_port(self.host)
+            task = asyncio.ensure_future(self._listen_after(self.config.startup_s))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        elif self.config.faults.mode != "crash":
             await self._listen()
         else:
             # started crashed: reserve the port number only, so that "ok" can come back on it
             self.port = self.port or _free_port(self.host)
         return self
 
+    async def _listen_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._runner is not None and self._server is None and self.faults.mode != "crash":
+            await self._listen()
+
+    @property
+    def listening(self) -> bool:
+        """The port accepts connections (start-up done, not crashed)."""
+        return self._server is not None
+
     async def stop(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
         if self._server is not None:
             self._server.close()
             self._server = None
