@@ -100,8 +100,9 @@ async def test_sleep_wait_lets_running_requests_finish(http: aiohttp.ClientSessi
             await asyncio.sleep(0.01)
         async with http.post(sim.url + "/sleep?level=1&mode=wait") as resp:
             assert resp.status == 200
-        assert running.done()
-        resp = await running
+        assert sim.stats.running == 0  # the request ended before the sleep was answered
+        async with asyncio.timeout(10):
+            resp = await running
         body = await resp.json()
         resp.release()
         assert body["choices"][0]["finish_reason"] == "length"

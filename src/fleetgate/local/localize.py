@@ -8,6 +8,7 @@ command works before any secret is set up.
 
 from __future__ import annotations
 
+import random
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -17,9 +18,28 @@ from fleetgate.fleetfile import Fleet, has_env_refs, http_url, require_gateway
 LOOPBACK = "127.0.0.1"
 
 
+# Ports handed out by this process: a fleet's servers bind them a little later, so the same one
+# must not be handed out twice meanwhile.
+_handed_out: set[int] = set()
+# Below Linux's ephemeral range (32768-60999), where outgoing connections take their local
+# ports: one of them could take a port from that range before our server binds it.
+_RANGE = (20000, 32000)
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
+    """A port nobody listens on right now, that this process has not handed out before."""
+    for _ in range(200):
+        port = random.randint(*_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # the range is crowded: let the OS pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
